@@ -1,0 +1,1 @@
+"""labgate: middleware."""
