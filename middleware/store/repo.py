@@ -1,0 +1,447 @@
+"""The store: every read and write the daemon makes, as plain synchronous methods.
+
+The daemon calls them through `Store.run()`, which hands them to one dedicated thread: the event
+loop never blocks on the disk, and writes are serialised (SQLite allows one writer anyway). Each
+public write is one transaction; `save_message` in particular commits the raw bytes, the decoded
+specimens and results and the outbox row together, and the analyser is acknowledged only once it
+has returned (GBUI I-3/I-4: nothing acknowledged may be lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from drivers.models import Patient, Result, SpecimenReport
+from middleware.store import migrate
+from middleware.store.tables import (
+    MessageRow,
+    OutboxRow,
+    ResultRow,
+    SpecimenRow,
+    TraceRow,
+    TransmissionRow,
+)
+
+__all__ = ["IncomingMessage", "OutboxItem", "Store", "StoreUnavailable", "new_control_id", "utc"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The database could not commit (disk full, locked, server down): do not acknowledge."""
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC, so say so."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_control_id() -> str:
+    """An HL7 message control id (MSH-10, at most 20 characters), unique across gateways."""
+    return "LG" + uuid.uuid4().hex[:18].upper()
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A whole message from an analyser, decoded, ready to be committed in one transaction."""
+
+    message_id: str
+    connection: str
+    protocol: str
+    received_at: datetime
+    raw: bytes
+    reports: tuple[SpecimenReport, ...]
+    # (decision, reasons) for each result, in report order; same length as the flattened results.
+    decisions: tuple[tuple[str, tuple[str, ...]], ...]
+    lis: str
+    forward: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """What the sender needs to build and send one message to the LIS."""
+
+    outbox_id: int
+    message_id: str
+    control_id: str
+    instrument: str
+    attempts: int
+    payload: bytes | None
+    reports: tuple[SpecimenReport, ...] = field(default=())
+    decisions: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while the writer commits; synchronous=FULL makes each commit reach
+    # the disk before it returns, which is what allows acknowledging the analyser afterwards.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class Store:
+    """All database access of the daemon. Create with `Store.open(url)`; close with `close()`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labgate-store")
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Connect, create the SQLite folder if needed, and migrate to the newest schema."""
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            path = url.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        migrate.upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self.engine.dispose()
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store method on the store's own thread; database errors become StoreUnavailable."""
+        loop = asyncio.get_running_loop()
+
+        def call() -> T:
+            try:
+                return fn(*args, **kwargs)
+            except SQLAlchemyError as exc:
+                raise StoreUnavailable(str(exc.__cause__ or exc)) from exc
+
+        return await loop.run_in_executor(self._writer, call)
+
+    # --- from analysers -------------------------------------------------------------------
+
+    def save_message(self, incoming: IncomingMessage) -> int | None:
+        """Commit a decoded message, its specimens, results and (if any are owed to the LIS) one
+        outbox row, all or nothing. Returns the outbox id, or None when nothing is forwarded."""
+        with self._sessions.begin() as session:
+            session.add(
+                MessageRow(
+                    message_id=incoming.message_id,
+                    connection=incoming.connection,
+                    protocol=incoming.protocol,
+                    received_at=incoming.received_at,
+                    raw=incoming.raw,
+                    status="stored",
+                    error=None,
+                )
+            )
+            decisions = iter(incoming.decisions)
+            for report in incoming.reports:
+                specimen = SpecimenRow(
+                    message_id=incoming.message_id,
+                    instrument=incoming.connection,
+                    specimen_id=report.specimen_id,
+                    patient_id=report.patient.patient_id,
+                    family_name=report.patient.family_name,
+                    given_name=report.patient.given_name,
+                    birth_date=report.patient.birth_date.isoformat()
+                    if report.patient.birth_date
+                    else "",
+                    sex=report.patient.sex,
+                    collected_at=report.collected_at,
+                    is_qc=report.is_qc,
+                )
+                session.add(specimen)
+                session.flush()
+                for result in report.results:
+                    decision, reasons = next(decisions)
+                    session.add(
+                        _result_row(result, specimen.id, incoming.message_id, decision, reasons)
+                    )
+            outbox_id = None
+            if incoming.forward:
+                outbox = OutboxRow(
+                    message_id=incoming.message_id,
+                    lis=incoming.lis,
+                    instrument=incoming.connection,
+                    control_id=new_control_id(),
+                    state="pending",
+                    created_at=incoming.received_at,
+                    next_attempt_at=incoming.received_at,
+                    attempts=0,
+                )
+                session.add(outbox)
+                session.flush()
+                outbox_id = outbox.id
+        return outbox_id
+
+    def save_refused(self, connection: str, message_id: str, raw: bytes, reason: str) -> None:
+        """Keep a message that could not be decoded or mapped, with why (never dropped silently)."""
+        with self._sessions.begin() as session:
+            session.add(
+                MessageRow(
+                    message_id=message_id,
+                    connection=connection,
+                    protocol="astm",
+                    received_at=now_utc(),
+                    raw=raw,
+                    status="refused",
+                    error=reason,
+                )
+            )
+
+    def save_trace(
+        self,
+        connection: str,
+        kind: str,
+        data: bytes,
+        *,
+        direction: str = "in",
+        message_id: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Commit one trace entry (a partial message before its ACK, a refused frame...)."""
+        with self._sessions.begin() as session:
+            session.add(
+                TraceRow(
+                    at=now_utc(),
+                    connection=connection,
+                    direction=direction,
+                    kind=kind,
+                    message_id=message_id,
+                    data=data,
+                    detail=detail,
+                )
+            )
+
+    # --- to the LIS -----------------------------------------------------------------------
+
+    def next_due(self, lis: str, now: datetime) -> OutboxItem | None:
+        """The oldest undelivered message for this LIS, if its retry time has come.
+
+        Strict order: if the oldest pending message is waiting for its retry time, nothing newer
+        is sent before it (results must not overtake each other on their way to the LIS).
+        """
+        with self._sessions() as session:
+            row = session.scalars(
+                select(OutboxRow)
+                .where(OutboxRow.lis == lis, OutboxRow.state == "pending")
+                .order_by(OutboxRow.id)
+                .limit(1)
+            ).first()
+            if row is None or utc(row.next_attempt_at) > now:  # type: ignore[operator]
+                return None
+            reports: tuple[SpecimenReport, ...] = ()
+            decisions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+            if row.payload is None:
+                reports, decisions = self._load_reports(session, row.message_id)
+            return OutboxItem(
+                outbox_id=row.id,
+                message_id=row.message_id,
+                control_id=row.control_id,
+                instrument=row.instrument,
+                attempts=row.attempts,
+                payload=row.payload,
+                reports=reports,
+                decisions=decisions,
+            )
+
+    def next_attempt_time(self, lis: str) -> datetime | None:
+        """When the head of this LIS's queue is due (None when the queue is empty)."""
+        with self._sessions() as session:
+            moment = session.scalar(
+                select(OutboxRow.next_attempt_at)
+                .where(OutboxRow.lis == lis, OutboxRow.state == "pending")
+                .order_by(OutboxRow.id)
+                .limit(1)
+            )
+            return utc(moment)
+
+    @staticmethod
+    def _load_reports(
+        session: Session, message_id: str
+    ) -> tuple[tuple[SpecimenReport, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+        reports: list[SpecimenReport] = []
+        decisions: list[tuple[str, tuple[str, ...]]] = []
+        specimens = session.scalars(
+            select(SpecimenRow).where(SpecimenRow.message_id == message_id).order_by(SpecimenRow.id)
+        ).all()
+        for specimen in specimens:
+            rows = session.scalars(
+                select(ResultRow)
+                .where(ResultRow.specimen_row_id == specimen.id)
+                .order_by(ResultRow.id)
+            ).all()
+            results = tuple(_result_model(row) for row in rows)
+            decisions.extend((row.decision, tuple(row.reasons)) for row in rows)
+            reports.append(
+                SpecimenReport(
+                    specimen_id=specimen.specimen_id,
+                    patient=Patient(
+                        patient_id=specimen.patient_id,
+                        family_name=specimen.family_name,
+                        given_name=specimen.given_name,
+                        birth_date=(
+                            datetime.fromisoformat(specimen.birth_date).date()
+                            if specimen.birth_date
+                            else None
+                        ),
+                        sex=specimen.sex,
+                    ),
+                    results=results,
+                    collected_at=utc(specimen.collected_at),
+                    is_qc=specimen.is_qc,
+                )
+            )
+        return tuple(reports), tuple(decisions)
+
+    def record_attempt(self, outbox_id: int, payload: bytes, sent_at: datetime) -> int:
+        """Before the bytes leave: keep the payload (first attempt) and open a transmission row."""
+        with self._sessions.begin() as session:
+            row = session.get_one(OutboxRow, outbox_id)
+            if row.payload is None:
+                row.payload = payload
+            row.attempts += 1
+            transmission = TransmissionRow(
+                outbox_id=outbox_id, attempt=row.attempts, sent_at=sent_at, raw_out=payload
+            )
+            session.add(transmission)
+            session.flush()
+            return transmission.id
+
+    def record_ack(
+        self,
+        transmission_id: int,
+        *,
+        raw_in: bytes | None,
+        ack_code: str | None,
+        ack_control_id: str | None,
+        at: datetime,
+        error: str | None,
+    ) -> None:
+        """What came back for one transmission (or why nothing usable did)."""
+        with self._sessions.begin() as session:
+            row = session.get_one(TransmissionRow, transmission_id)
+            row.raw_in = raw_in
+            row.ack_code = ack_code
+            row.ack_control_id = ack_control_id
+            row.acked_at = at if ack_code else None
+            row.error = error
+
+    def mark_delivered(self, outbox_id: int, at: datetime) -> int:
+        """The LIS accepted (AA): message and results are delivered; returns the result count."""
+        with self._sessions.begin() as session:
+            row = session.get_one(OutboxRow, outbox_id)
+            row.state, row.delivered_at, row.last_error = "delivered", at, None
+            result = session.execute(
+                update(ResultRow)
+                .where(ResultRow.message_id == row.message_id, ResultRow.is_qc.is_(False))
+                .values(delivered_at=at)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def mark_retry(self, outbox_id: int, error: str, at: datetime, delay: float) -> None:
+        """No usable answer: try again, the same bytes, after `delay` seconds."""
+        with self._sessions.begin() as session:
+            row = session.get_one(OutboxRow, outbox_id)
+            row.last_error = error
+            row.next_attempt_at = at + timedelta(seconds=delay)
+
+    def mark_rejected(self, outbox_id: int, error: str) -> None:
+        """The LIS answered AE/AR: stop, keep it, and let a person decide (no blind retry loop)."""
+        with self._sessions.begin() as session:
+            row = session.get_one(OutboxRow, outbox_id)
+            row.state, row.last_error = "rejected", error
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def outbox_depth(self, lis: str | None = None) -> int:
+        """How many messages are still owed to the LIS."""
+        with self._sessions() as session:
+            query = select(func.count()).select_from(OutboxRow).where(OutboxRow.state == "pending")
+            if lis is not None:
+                query = query.where(OutboxRow.lis == lis)
+            return int(session.scalar(query) or 0)
+
+    def result_counts(self) -> dict[str, dict[str, int]]:
+        """Per instrument: results stored and delivered (survives restarts, unlike counters)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(
+                    ResultRow.instrument,
+                    func.count(),
+                    func.count(ResultRow.delivered_at),
+                ).group_by(ResultRow.instrument)
+            ).all()
+            return {
+                name: {"stored": int(total), "delivered": int(done)} for name, total, done in rows
+            }
+
+
+def _result_row(
+    result: Result, specimen_row_id: int, message_id: str, decision: str, reasons: tuple[str, ...]
+) -> ResultRow:
+    return ResultRow(
+        specimen_row_id=specimen_row_id,
+        message_id=message_id,
+        instrument=result.instrument,
+        specimen_id=result.specimen_id,
+        sequence=result.sequence,
+        test_code=result.test_code,
+        test_name=result.test_name,
+        value=result.value,
+        numeric=str(result.numeric) if result.numeric is not None else None,
+        comparator=result.comparator,
+        units=result.units,
+        reference_range=result.reference_range,
+        flags=list(result.flags),
+        status=result.status,
+        measured_at=result.measured_at,
+        comments=list(result.comments),
+        is_qc=result.is_qc,
+        decision=decision,
+        reasons=list(reasons),
+        delivered_at=None,
+    )
+
+
+def _result_model(row: ResultRow) -> Result:
+    from decimal import Decimal
+
+    return Result(
+        specimen_id=row.specimen_id,
+        test_code=row.test_code,
+        value=row.value,
+        test_name=row.test_name,
+        numeric=Decimal(row.numeric) if row.numeric is not None else None,
+        comparator=row.comparator,
+        units=row.units,
+        reference_range=row.reference_range,
+        flags=tuple(row.flags),
+        status=row.status,
+        measured_at=utc(row.measured_at),
+        instrument=row.instrument,
+        sequence=row.sequence,
+        comments=tuple(row.comments),
+        is_qc=row.is_qc,
+    )

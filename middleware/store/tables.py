@@ -1,0 +1,159 @@
+"""The database schema (SQLAlchemy 2 declarative). Every change goes through an Alembic migration
+in `migrations/versions/`; `tests/middleware/test_store.py` checks the two agree.
+
+One id runs through everything: `messages.message_id` links the raw bytes an analyser sent to the
+specimens and results decoded from them, to the outbox row that carries them to the LIS and to
+every transmission of it with the LIS's acknowledgement (GBUI VII-2 "archivage des transmissions",
+GBUI IX traceability).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Base",
+    "MessageRow",
+    "OutboxRow",
+    "ResultRow",
+    "SpecimenRow",
+    "TraceRow",
+    "TransmissionRow",
+]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every labgate table."""
+
+
+class MessageRow(Base):
+    """One message as received from an analyser, byte for byte, whatever became of it."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    connection: Mapped[str] = mapped_column(String(64), index=True)
+    protocol: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # stored: decoded and its results kept; refused: kept with the reason, nothing forwarded.
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class SpecimenRow(Base):
+    """One specimen of a message (an O record) and the patient it belongs to."""
+
+    __tablename__ = "specimens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.message_id"), index=True)
+    instrument: Mapped[str] = mapped_column(String(64))
+    specimen_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    family_name: Mapped[str] = mapped_column(String(128))
+    given_name: Mapped[str] = mapped_column(String(128))
+    birth_date: Mapped[str] = mapped_column(String(10))  # ISO date or ""
+    sex: Mapped[str] = mapped_column(String(8))
+    collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    is_qc: Mapped[bool] = mapped_column(Boolean)
+
+
+class ResultRow(Base):
+    """One result with the decision taken on it (the validation issue deepens the pipeline)."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    specimen_row_id: Mapped[int] = mapped_column(ForeignKey("specimens.id"), index=True)
+    message_id: Mapped[str] = mapped_column(String(36), index=True)
+    instrument: Mapped[str] = mapped_column(String(64))
+    specimen_id: Mapped[str] = mapped_column(String(64))
+    sequence: Mapped[int] = mapped_column(Integer)
+    test_code: Mapped[str] = mapped_column(String(64))
+    test_name: Mapped[str] = mapped_column(String(128))
+    value: Mapped[str] = mapped_column(Text)
+    numeric: Mapped[str | None] = mapped_column(String(64))  # Decimal kept exact as text
+    comparator: Mapped[str | None] = mapped_column(String(2))
+    units: Mapped[str] = mapped_column(String(32))
+    reference_range: Mapped[str] = mapped_column(String(64))
+    flags: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(4))
+    measured_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    comments: Mapped[list[str]] = mapped_column(JSON)
+    is_qc: Mapped[bool] = mapped_column(Boolean)
+    decision: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxRow(Base):
+    """A message owed to the LIS. It leaves this table's `pending` state only on the LIS's AA
+    (`delivered`) or on an AE/AR that a person must look at (`rejected`); GBUI VII-2 requires
+    automatic and complete retransmission until then."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.message_id"), index=True)
+    lis: Mapped[str] = mapped_column(String(64))
+    instrument: Mapped[str] = mapped_column(String(64))
+    control_id: Mapped[str] = mapped_column(String(20), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The exact bytes sent at the first attempt; every retransmission repeats them (same MSH-10),
+    # so the LIS never sees two different messages for one result.
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_outbox_due", "lis", "state", "id"),)
+
+
+class TransmissionRow(Base):
+    """One attempt to hand an outbox message to the LIS, with both directions' bytes."""
+
+    __tablename__ = "transmissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    raw_out: Mapped[bytes] = mapped_column(LargeBinary)
+    raw_in: Mapped[bytes | None] = mapped_column(LargeBinary)
+    ack_code: Mapped[str | None] = mapped_column(String(2))
+    ack_control_id: Mapped[str | None] = mapped_column(String(64))
+    acked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class TraceRow(Base):
+    """Bytes and protocol events worth keeping that are not a whole message: a partial message
+    committed before its frame was acknowledged, a refused frame and why."""
+
+    __tablename__ = "trace"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    connection: Mapped[str] = mapped_column(String(64), index=True)
+    direction: Mapped[str] = mapped_column(String(3))  # in / out
+    kind: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    detail: Mapped[str | None] = mapped_column(Text)
