@@ -1,0 +1,175 @@
+"""The `labgate` command.
+
+    labgate run --config FILE           run the daemon (and the demo simulators if FILE has them)
+    labgate check-config FILE           validate a configuration; exit 0 if good, 2 if refused
+    labgate status [--config FILE | --url URL]   ask a running daemon how it is
+
+Exit codes: 0 success, 1 the daemon or the request failed, 2 bad input (usage, configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+import httpx
+
+from middleware.config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "config/demo.yaml"
+
+
+def _load(path: str) -> Settings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"labgate: configuration refused ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.file)
+    if settings is None:
+        return 2
+    print(f"{args.file}: OK ({len(settings.instruments)} instrument(s), LIS {settings.lis.name!r})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    from middleware.logging import configure_logging
+
+    configure_logging(json=args.json_logs, level=args.log_level)
+    try:
+        asyncio.run(_serve(settings, args.config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(settings: Settings, config_path: str) -> None:
+    from middleware.gateway import Gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    gateway = Gateway(settings)
+    extra = None
+    lis_simulator = None
+    if settings.demo is not None:
+        from middleware.demo import run_demo, start_lis_simulator
+
+        lis_simulator = await start_lis_simulator(gateway)
+        extra = run_demo
+    banner = asyncio.create_task(_announce(gateway, config_path, lis_simulator is not None))
+    try:
+        await gateway.run(stop, extra)
+    finally:
+        banner.cancel()
+        if lis_simulator is not None:
+            await lis_simulator.close()
+
+
+async def _announce(gateway: Any, config_path: str, demo_lis: bool) -> None:
+    await gateway.ready.wait()
+    settings = gateway.settings
+    host, port = gateway.addresses["api"]
+    lines = [
+        "",
+        f"labgate {gateway.version} is running with {config_path}",
+        f"  health      http://{host}:{port}/api/health",
+        f"              (or: labgate status --config {config_path})",
+        f"  metrics     http://{host}:{port}/metrics",
+        f"  database    {settings.store.url}",
+    ]
+    for instrument in settings.instruments:
+        address = "{}:{}".format(*gateway.addresses[instrument.name])
+        lines.append(
+            f"  analyser    {instrument.name} ({instrument.protocol}) listening on {address}"
+        )
+    lis = settings.lis
+    lines.append(f"  LIS         {lis.name} at {lis.host}:{lis.port} (HL7 v2.5.1 over MLLP)")
+    if demo_lis and settings.demo and settings.demo.lis:
+        lines.append(
+            f"  simulated LIS keeps every message it receives in {settings.demo.lis.received_dir}/"
+        )
+    lines += ["  Ctrl-C stops everything.", ""]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = args.url
+    if url is None:
+        settings = _load(args.config)
+        if settings is None:
+            return 2
+        url = f"http://{settings.api.host}:{settings.api.port}"
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/api/health", timeout=5.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        print(f"labgate: no daemon answering at {url}: {exc}", file=sys.stderr)
+        return 1
+    health = response.json()
+    if args.json:
+        print(json.dumps(health, indent=2))
+        return 0
+    print(f"{health['gateway']} {health['status']}", end=" ")
+    print(f"(version {health['version']}, since {health['started_at']})")
+    print(f"outbox: {health['outbox_depth']} message(s) waiting for the LIS")
+    columns = ("connection", "protocol", "transport", "state")
+    counters = ("received", "stored", "delivered", "errors")
+    print(*(f"{c:<13}" for c in columns), *(f"{c:>9}" for c in counters))
+    for c in health["connections"]:
+        print(*(f"{c[k]:<13}" for k in ("name", *columns[1:])), *(f"{c[k]:>9}" for k in counters))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labgate", description="Instrument middleware for medical laboratories."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})"
+    )
+    run.add_argument(
+        "--json-logs", action="store_true", default=None, help="JSON logs even on a terminal"
+    )
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    check.set_defaults(handler=_check_config)
+
+    status = commands.add_parser("status", help="show a running daemon's health")
+    status.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="read the API address from this file"
+    )
+    status.add_argument("--url", help="API base URL, e.g. http://127.0.0.1:8080")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(handler=_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The LIS side: building results messages and delivering the outbox over MLLP."""

@@ -1,0 +1,95 @@
+"""Turn stored specimen reports into the HL7 ORU^R01 the LIS receives.
+
+The decision travels with every result as an NTE under its OBX until the HL7 issue gives it its
+own fields (the "validé électroniquement" marking, GBUI V-3/VI): a held result must never look
+validated to the LIS.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from drivers.models import Result, SpecimenReport
+from middleware.config.settings import LisSettings
+from protocols.hl7 import MessageHeader, ObservationOut, OrderOut, PatientOut, build_oru_r01
+
+__all__ = ["build_results_message"]
+
+# ASTM R-9 result status -> HL7 OBX-11. W ("warning, to be verified", Pentra XLR) must not
+# reach the LIS as final; unknown codes are reported final, the decision note says held anyway.
+_OBX_STATUS = {"F": "F", "P": "P", "C": "C", "X": "X", "W": "P", "I": "I", "R": "F", "V": "F"}
+
+
+def build_results_message(
+    lis: LisSettings,
+    control_id: str,
+    reports: tuple[SpecimenReport, ...],
+    decisions: tuple[tuple[str, tuple[str, ...]], ...],
+    created_at: datetime | None = None,
+) -> bytes:
+    """One ORU^R01 for the patient reports of one analyser message (QC reports stay home)."""
+    header = MessageHeader(
+        sending_application=lis.sending_application,
+        sending_facility=lis.sending_facility,
+        receiving_application=lis.receiving_application,
+        receiving_facility=lis.receiving_facility,
+        control_id=control_id,
+        created_at=created_at or datetime.now(UTC),
+    )
+    orders: dict[str, list[OrderOut]] = {}
+    patient_of: dict[str, SpecimenReport] = {}
+    decision_iter = iter(decisions)
+    for report in reports:
+        report_decisions = [next(decision_iter) for _ in report.results]
+        if report.is_qc or not report.results:
+            continue
+        observations = tuple(
+            _observation(index, result, decision, reasons)
+            for index, (result, (decision, reasons)) in enumerate(
+                zip(report.results, report_decisions, strict=True), 1
+            )
+        )
+        key = report.patient.patient_id
+        patient_of.setdefault(key, report)
+        orders.setdefault(key, []).append(
+            OrderOut(
+                specimen_id=report.specimen_id,
+                test_code=report.ordered_tests[0] if report.ordered_tests else "",
+                test_text="",
+                observed_at=report.collected_at,
+                results=observations,
+            )
+        )
+    people = [
+        PatientOut(
+            patient_id=report.patient.patient_id,
+            family_name=report.patient.family_name,
+            given_name=report.patient.given_name,
+            birth_date=report.patient.birth_date,
+            sex=report.patient.sex,
+            orders=tuple(orders[key]),
+        )
+        for key, report in patient_of.items()
+    ]
+    return build_oru_r01(header, people)
+
+
+def _observation(
+    index: int, result: Result, decision: str, reasons: tuple[str, ...]
+) -> ObservationOut:
+    note = f"labgate: {decision}" + (f" ({', '.join(reasons)})" if reasons else "")
+    return ObservationOut(
+        set_id=index,
+        code=result.test_code,
+        text=result.test_name or result.test_code,
+        coding_system="L",
+        value=result.value,
+        value_type="NM" if result.numeric is not None and result.comparator is None else "ST",
+        units=result.units,
+        reference_range=result.reference_range,
+        abnormal_flags=result.flags,
+        status=_OBX_STATUS.get(result.status, "F"),
+        observed_at=result.measured_at,
+        producer=result.instrument,
+        notes=(*result.comments, note),
+    )

@@ -1,0 +1,1 @@
+"""One session per analyser connection: the protocol core, the driver and the store, joined."""
