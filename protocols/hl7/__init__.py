@@ -1,0 +1,52 @@
+"""HL7 v2 over MLLP, sans-IO: framing, ORU^R01 results for the LIS, acknowledgements.
+
+Use the package as a namespace::
+
+    from protocols import hl7 as v2
+
+    framer = v2.MllpFramer()
+    framer.receive_data(chunk)
+    while (payload := framer.next_message()) is not None:
+        ack = v2.parse_ack(payload)
+
+Parsing rides on python-hl7 (``import hl7`` inside this package is the library, not
+this package: every import here is absolute); structure validation on hl7apy.
+Nothing here does I/O, logs or reads the clock: times are passed in.
+"""
+
+from __future__ import annotations
+
+from protocols.hl7.ack import ACK_CODES, Ack, build_ack, message_control_id, parse_ack
+from protocols.hl7.mllp import END_BLOCK, START_BLOCK, MllpFramer, mllp_frame
+from protocols.hl7.oru import (
+    MessageHeader,
+    ObservationOut,
+    OrderOut,
+    ParsedObservation,
+    ParsedOru,
+    PatientOut,
+    build_oru_r01,
+    parse_oru,
+)
+from protocols.hl7.validation import validate_message
+
+__all__ = [
+    "ACK_CODES",
+    "END_BLOCK",
+    "START_BLOCK",
+    "Ack",
+    "MessageHeader",
+    "MllpFramer",
+    "ObservationOut",
+    "OrderOut",
+    "ParsedObservation",
+    "ParsedOru",
+    "PatientOut",
+    "build_ack",
+    "build_oru_r01",
+    "message_control_id",
+    "mllp_frame",
+    "parse_ack",
+    "parse_oru",
+    "validate_message",
+]
