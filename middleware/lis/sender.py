@@ -20,7 +20,7 @@ import structlog
 from middleware.config.settings import LisSettings
 from middleware.health import Health
 from middleware.lis.oru import build_results_message
-from middleware.store import OutboxItem, Store, StoreUnavailable
+from middleware.store import LisAnswer, OutboxItem, Store, StoreUnavailable
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import Ack, MllpFramer, mllp_frame, parse_ack
 
@@ -74,8 +74,8 @@ class LisSender:
                         log.error("store_unavailable", error=str(exc))
                         await asyncio.sleep(1.0)
                         continue
-                    await self._update_depth()
                     if item is None:
+                        await self._update_depth()
                         await self._idle()
                         continue
                     await self._deliver(item)
@@ -97,15 +97,24 @@ class LisSender:
 
     async def _deliver(self, item: OutboxItem) -> None:
         settings = self.settings
-        payload = item.payload or build_results_message(
-            settings, item.control_id, item.reports, item.decisions
-        )
+        store = self.store
         with structlog.contextvars.bound_contextvars(
             message_id=item.message_id, control_id=item.control_id
         ):
-            sent_at = datetime.now(UTC)
-            transmission = await self.store.run(
-                self.store.record_attempt, item.outbox_id, payload, sent_at
+            payload = item.payload
+            if payload is None:
+                try:
+                    payload = build_results_message(
+                        settings, item.control_id, item.reports, item.decisions
+                    )
+                except Exception as exc:  # a labgate bug or data the builder refuses
+                    # Stop this message (kept, alarmed) rather than crash or loop on it.
+                    await store.run(store.mark_rejected, item.outbox_id, f"not built: {exc}")
+                    self.health.count(settings.name, "errors")
+                    log.exception("lis_message_not_built")
+                    return
+            transmission = await store.run(
+                store.record_attempt, item.outbox_id, payload, datetime.now(UTC)
             )
             attempt = item.attempts + 1
             try:
@@ -113,40 +122,26 @@ class LisSender:
             except _NoAck as exc:
                 delay = backoff_delay(attempt, settings.retry.initial, settings.retry.maximum)
                 now = datetime.now(UTC)
-                await self.store.run(
-                    self.store.record_ack,
-                    transmission,
-                    raw_in=exc.raw,
-                    ack_code=None,
-                    ack_control_id=None,
-                    at=now,
-                    error=exc.reason,
-                )
-                await self.store.run(self.store.mark_retry, item.outbox_id, exc.reason, now, delay)
+                answer = LisAnswer(transmission, now, raw_in=exc.raw, error=exc.reason)
+                await store.run(store.mark_retry, item.outbox_id, exc.reason, now, delay, answer)
                 self.health.count(settings.name, "errors")
                 log.warning(
                     "lis_no_ack", attempt=attempt, error=exc.reason, retry_in=round(delay, 2)
                 )
                 return
             now = datetime.now(UTC)
-            await self.store.run(
-                self.store.record_ack,
-                transmission,
-                raw_in=ack.raw,
-                ack_code=ack.code,
-                ack_control_id=ack.control_id,
-                at=now,
-                error=None,
+            answer = LisAnswer(
+                transmission, now, raw_in=ack.raw, ack_code=ack.code, ack_control_id=ack.control_id
             )
             if ack.code in {"AA", "CA"}:
-                delivered = await self.store.run(self.store.mark_delivered, item.outbox_id, now)
+                delivered = await store.run(store.mark_delivered, item.outbox_id, now, answer)
                 self.health.count(settings.name, "delivered", delivered)
                 if item.instrument in self.health.connections:
                     self.health.count(item.instrument, "delivered", delivered)
                 log.info("lis_ack_received", ack_code=ack.code, attempt=attempt, results=delivered)
             else:
                 error = f"LIS answered {ack.code}: {ack.text}".strip()
-                await self.store.run(self.store.mark_rejected, item.outbox_id, error)
+                await store.run(store.mark_rejected, item.outbox_id, error, answer)
                 self.health.count(settings.name, "errors")
                 log.error("lis_rejected_message", ack_code=ack.code, text=ack.text, attempt=attempt)
 

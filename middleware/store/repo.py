@@ -32,7 +32,15 @@ from middleware.store.tables import (
     TransmissionRow,
 )
 
-__all__ = ["IncomingMessage", "OutboxItem", "Store", "StoreUnavailable", "new_control_id", "utc"]
+__all__ = [
+    "IncomingMessage",
+    "LisAnswer",
+    "OutboxItem",
+    "Store",
+    "StoreUnavailable",
+    "new_control_id",
+    "utc",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -72,6 +80,18 @@ class IncomingMessage:
     decisions: tuple[tuple[str, tuple[str, ...]], ...]
     lis: str
     forward: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LisAnswer:
+    """What came back for one transmission (or why nothing usable did), for the archive."""
+
+    transmission_id: int
+    at: datetime
+    raw_in: bytes | None = None
+    ack_code: str | None = None
+    ack_control_id: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,28 +349,11 @@ class Store:
             session.flush()
             return transmission.id
 
-    def record_ack(
-        self,
-        transmission_id: int,
-        *,
-        raw_in: bytes | None,
-        ack_code: str | None,
-        ack_control_id: str | None,
-        at: datetime,
-        error: str | None,
-    ) -> None:
-        """What came back for one transmission (or why nothing usable did)."""
+    def mark_delivered(self, outbox_id: int, at: datetime, answer: LisAnswer | None = None) -> int:
+        """The LIS accepted (AA): message and results are delivered; returns the result count.
+        The answer is archived in the same transaction."""
         with self._sessions.begin() as session:
-            row = session.get_one(TransmissionRow, transmission_id)
-            row.raw_in = raw_in
-            row.ack_code = ack_code
-            row.ack_control_id = ack_control_id
-            row.acked_at = at if ack_code else None
-            row.error = error
-
-    def mark_delivered(self, outbox_id: int, at: datetime) -> int:
-        """The LIS accepted (AA): message and results are delivered; returns the result count."""
-        with self._sessions.begin() as session:
+            self._archive(session, answer)
             row = session.get_one(OutboxRow, outbox_id)
             row.state, row.delivered_at, row.last_error = "delivered", at, None
             result = session.execute(
@@ -360,18 +363,38 @@ class Store:
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    def mark_retry(self, outbox_id: int, error: str, at: datetime, delay: float) -> None:
+    def mark_retry(
+        self,
+        outbox_id: int,
+        error: str,
+        at: datetime,
+        delay: float,
+        answer: LisAnswer | None = None,
+    ) -> None:
         """No usable answer: try again, the same bytes, after `delay` seconds."""
         with self._sessions.begin() as session:
+            self._archive(session, answer)
             row = session.get_one(OutboxRow, outbox_id)
             row.last_error = error
             row.next_attempt_at = at + timedelta(seconds=delay)
 
-    def mark_rejected(self, outbox_id: int, error: str) -> None:
+    def mark_rejected(self, outbox_id: int, error: str, answer: LisAnswer | None = None) -> None:
         """The LIS answered AE/AR: stop, keep it, and let a person decide (no blind retry loop)."""
         with self._sessions.begin() as session:
+            self._archive(session, answer)
             row = session.get_one(OutboxRow, outbox_id)
             row.state, row.last_error = "rejected", error
+
+    @staticmethod
+    def _archive(session: Session, answer: LisAnswer | None) -> None:
+        if answer is None:
+            return
+        row = session.get_one(TransmissionRow, answer.transmission_id)
+        row.raw_in = answer.raw_in
+        row.ack_code = answer.ack_code
+        row.ack_control_id = answer.ack_control_id
+        row.acked_at = answer.at if answer.ack_code else None
+        row.error = answer.error
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""Configuration files: every shipped file is valid; a bad one is refused with file, line, field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from middleware.config import ConfigError, load_settings, load_settings_text
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = """\
+lis:
+  port: 2575
+instruments:
+  - name: chem-1
+    protocol: astm
+    transport:
+      type: tcp-server
+      port: 5001
+"""
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    settings = load_settings(path)
+    assert settings.lis.port > 0
+    assert settings.instruments
+
+
+def test_minimal_config_gets_documented_defaults() -> None:
+    settings = load_settings_text(GOOD)
+    instrument = settings.instruments[0]
+    assert instrument.driver == "generic-astm"
+    assert instrument.transport.host == "127.0.0.1"
+    assert instrument.timers.reply == 15.0
+    assert settings.store.url == "sqlite:///var/labgate.db"
+
+
+def _problems(text: str) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(ConfigError) as info:
+        load_settings_text(text, "lab.yaml")
+    assert all(p.file == "lab.yaml" for p in info.value.problems)
+    return [(p.line, p.field, p.message) for p in info.value.problems]
+
+
+def test_out_of_range_port_names_line_and_field() -> None:
+    text = GOOD.replace("port: 5001", "port: 70000")
+    [(line, field, message)] = _problems(text)
+    assert (line, field) == (8, "instruments[0].transport.port")
+    assert "65535" in message
+
+
+def test_unknown_key_is_refused_not_ignored() -> None:
+    text = GOOD.replace("    protocol: astm\n", "    protocol: astm\n    baudrate: 9600\n")
+    [(line, field, message)] = _problems(text)
+    assert (line, field) == (6, "instruments[0].baudrate")
+    assert "not permitted" in message
+
+
+def test_missing_required_field_points_at_its_section() -> None:
+    [(line, field, message)] = _problems(GOOD.replace("  port: 2575\n", "  host: 127.0.0.1\n"))
+    assert (line, field) == (1, "lis.port")
+    assert "required" in message.lower()
+
+
+def test_unknown_protocol_and_driver_are_refused() -> None:
+    problems = _problems(GOOD.replace("protocol: astm", "protocol: telnet"))
+    assert (
+        problems[0][1] == "instruments[0]" and "protocol" in problems[0][2]
+    ) or "telnet" in problems[0][2]
+    [(line, field, message)] = _problems(
+        GOOD.replace("    protocol: astm\n", "    protocol: astm\n    driver: nope\n")
+    )
+    assert (line, field) == (6, "instruments[0].driver")
+    assert "generic-astm" in message
+
+
+def test_duplicate_instrument_names_are_refused_at_the_second() -> None:
+    text = GOOD + GOOD.split("instruments:\n")[1].replace("port: 5001", "port: 5002")
+    [(line, field, message)] = _problems(text)
+    assert (line, field) == (9, "instruments[1].name")
+    assert "twice" in message
+
+
+def test_yaml_syntax_error_gives_the_line() -> None:
+    [(line, field, message)] = _problems("lis:\n  port: [2575\n")
+    assert line is not None and line >= 2
+    assert field == "" and "YAML" in message
+
+
+def test_several_problems_are_all_reported() -> None:
+    text = GOOD.replace("port: 2575", "port: -1").replace("port: 5001", "port: 99999")
+    assert {field for _, field, _ in _problems(text)} == {
+        "lis.port",
+        "instruments[0].transport.port",
+    }
+
+
+def test_unreadable_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path / "missing.yaml")
+    assert "cannot read" in str(info.value)

@@ -1,0 +1,151 @@
+"""The store on a real SQLite file: WAL and full sync, the Alembic schema equals the models,
+one transaction per message, outbox ordering and retry bookkeeping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from drivers.models import Patient, Result, SpecimenReport
+from middleware.store import IncomingMessage, LisAnswer, Store, migrate
+from middleware.store.tables import Base
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def _incoming(number: int, *, qc: bool = False, lis: str = "lis") -> IncomingMessage:
+    result = Result(
+        specimen_id=f"S{number}",
+        test_code="GLU",
+        value="5.4",
+        numeric=Decimal("5.4"),
+        units="mmol/L",
+        flags=("N",),
+        instrument="chem-1",
+        sequence=1,
+        is_qc=qc,
+        measured_at=NOW,
+    )
+    report = SpecimenReport(f"S{number}", Patient("P1", "DUPONT", "Marie"), (result,), is_qc=qc)
+    return IncomingMessage(
+        message_id=f"m{number}",
+        connection="chem-1",
+        protocol="astm",
+        received_at=NOW,
+        raw=b"\x021H|\\^&\r\x03AA\r\n",
+        reports=(report,),
+        decisions=(("", ()) if qc else ("held", ("no_rule",)),),
+        lis=lis,
+        forward=not qc,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = Store.open(f"sqlite:///{tmp_path / 'var' / 'labgate.db'}")
+    yield store
+    store.close()
+
+
+def test_sqlite_runs_in_wal_with_full_sync(store: Store) -> None:
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_migrations_produce_exactly_the_models(store: Store) -> None:
+    assert migrate.current_revision(store.engine) == migrate.head_revision()
+    with store.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_message_results_and_outbox_commit_together(store: Store) -> None:
+    outbox_id = store.save_message(_incoming(1))
+    assert outbox_id is not None
+    item = store.next_due("lis", NOW)
+    assert item is not None and item.outbox_id == outbox_id and item.payload is None
+    [report] = item.reports
+    assert report.patient.family_name == "DUPONT"
+    assert report.results[0].numeric == Decimal("5.4")
+    assert report.results[0].measured_at == NOW
+    assert item.decisions == (("held", ("no_rule",)),)
+
+
+def test_a_failed_transaction_leaves_nothing_behind(store: Store) -> None:
+    store.save_message(_incoming(1))
+    with pytest.raises(sa.exc.IntegrityError):
+        store.save_message(_incoming(1))  # same message id: the whole second message is refused
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.text("select count(*) from results")).scalar() == 1
+        assert connection.execute(sa.text("select count(*) from outbox")).scalar() == 1
+
+
+def test_qc_results_are_stored_but_owe_nothing_to_the_lis(store: Store) -> None:
+    assert store.save_message(_incoming(1, qc=True)) is None
+    assert store.next_due("lis", NOW) is None
+    assert store.result_counts() == {"chem-1": {"stored": 1, "delivered": 0}}
+
+
+def test_outbox_is_strictly_ordered_and_a_waiting_head_blocks_the_rest(store: Store) -> None:
+    first = store.save_message(_incoming(1))
+    second = store.save_message(_incoming(2))
+    assert first is not None and second is not None
+    store.record_attempt(first, b"MSH|one", NOW)
+    store.mark_retry(first, "no ack", NOW, delay=30)
+    assert store.next_due("lis", NOW) is None  # the second does not overtake the first
+    assert store.next_attempt_time("lis") == NOW + timedelta(seconds=30)
+    item = store.next_due("lis", NOW + timedelta(seconds=31))
+    assert item is not None and item.outbox_id == first
+    assert item.payload == b"MSH|one" and item.attempts == 1  # same bytes on retransmission
+    store.record_attempt(first, b"ignored: the first bytes are kept", NOW)
+    assert store.next_due("lis", NOW + timedelta(seconds=31)).payload == b"MSH|one"  # type: ignore[union-attr]
+
+
+def test_delivery_marks_results_and_frees_the_queue(store: Store) -> None:
+    first = store.save_message(_incoming(1))
+    assert first is not None
+    transmission = store.record_attempt(first, b"MSH|one", NOW)
+    answer = LisAnswer(transmission, NOW, raw_in=b"MSH|ack", ack_code="AA", ack_control_id="A1")
+    assert store.mark_delivered(first, NOW, answer) == 1
+    assert store.outbox_depth() == 0
+    assert store.result_counts() == {"chem-1": {"stored": 1, "delivered": 1}}
+    with store.engine.connect() as connection:
+        archived = connection.execute(
+            sa.text("select ack_code, raw_in, acked_at from transmissions")
+        ).one()
+    assert (
+        archived.ack_code == "AA"
+        and archived.raw_in == b"MSH|ack"
+        and archived.acked_at is not None
+    )
+
+
+def test_rejected_message_leaves_the_queue_but_stays_undelivered(store: Store) -> None:
+    first = store.save_message(_incoming(1))
+    second = store.save_message(_incoming(2))
+    assert first is not None
+    store.mark_rejected(first, "LIS answered AR")
+    item = store.next_due("lis", NOW)
+    assert item is not None and item.outbox_id == second
+    assert store.result_counts()["chem-1"]["delivered"] == 0
+
+
+def test_each_lis_has_its_own_queue(store: Store) -> None:
+    store.save_message(_incoming(1, lis="lis-a"))
+    assert store.next_due("lis-b", NOW) is None
+    assert store.outbox_depth("lis-a") == 1 and store.outbox_depth("lis-b") == 0
+
+
+async def test_database_errors_surface_as_store_unavailable(store: Store) -> None:
+    from middleware.store import StoreUnavailable
+
+    await store.run(store.save_message, _incoming(1))
+    with pytest.raises(StoreUnavailable):
+        await store.run(store.save_message, _incoming(1))

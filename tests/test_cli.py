@@ -1,0 +1,50 @@
+"""The `labgate` command as a technician uses it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def labgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "middleware", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_check_config_accepts_the_demo() -> None:
+    result = labgate("check-config", "config/demo.yaml")
+    assert result.returncode == 0
+    assert "config/demo.yaml: OK" in result.stdout
+
+
+def test_check_config_refuses_a_bad_file_with_file_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = (ROOT / "config" / "demo.yaml").read_text().replace("port: 5001", "port: 5001x")
+    bad.write_text(text)
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "5001x" in row)
+    result = labgate("check-config", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:{line}: instruments[0].transport.port:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lis:\n  port: 2575\n  colour: blue\n")
+    result = labgate("run", "--config", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:3: lis.colour:" in result.stderr
+
+
+def test_status_without_a_daemon_says_so() -> None:
+    result = labgate("status", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert "no daemon answering" in result.stderr
