@@ -5,7 +5,8 @@ Record layout it relies on (field numbers as in the standard, 1 = record type):
 P-3 practice patient id (P-4 laboratory id as fallback), P-6 name last^first, P-8 birth date,
 P-9 sex; O-3 specimen id (first component; O-4 instrument specimen id as fallback), O-5 tests,
 O-12 action code (Q = quality control); R-3 universal test id, R-4 value, R-5 units, R-6 range,
-R-7 abnormal flags, R-9 status, R-13 completion (R-12 start) time; C records attach to the record before them.
+R-7 abnormal flags, R-9 status, R-13 completion (R-12 start) time; C records attach to the
+record before them.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import structlog
 from middleware.config.settings import LisSettings
 from middleware.health import Health
 from middleware.lis.oru import build_results_message
-from middleware.store import LisAnswer, OutboxItem, Store, StoreUnavailable
+from middleware.store import OutboxItem, Store, StoreUnavailable, Transmission
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import Ack, MllpFramer, mllp_frame, parse_ack
 
@@ -105,7 +105,7 @@ class LisSender:
             if payload is None:
                 try:
                     payload = build_results_message(
-                        settings, item.control_id, item.reports, item.decisions
+                        settings, item.control_id, item.reports, item.decisions, item.created_at
                     )
                 except Exception as exc:  # a labgate bug or data the builder refuses
                     # Stop this message (kept, alarmed) rather than crash or loop on it.
@@ -113,35 +113,38 @@ class LisSender:
                     self.health.count(settings.name, "errors")
                     log.exception("lis_message_not_built")
                     return
-            transmission = await store.run(
-                store.record_attempt, item.outbox_id, payload, datetime.now(UTC)
-            )
             attempt = item.attempts + 1
+            sent_at = datetime.now(UTC)
             try:
                 ack = await self._exchange(payload, item.control_id)
             except _NoAck as exc:
                 delay = backoff_delay(attempt, settings.retry.initial, settings.retry.maximum)
-                now = datetime.now(UTC)
-                answer = LisAnswer(transmission, now, raw_in=exc.raw, error=exc.reason)
-                await store.run(store.mark_retry, item.outbox_id, exc.reason, now, delay, answer)
+                failed = Transmission(
+                    payload, sent_at, datetime.now(UTC), raw_in=exc.raw, error=exc.reason
+                )
+                await store.run(store.mark_retry, item.outbox_id, failed, delay)
                 self.health.count(settings.name, "errors")
                 log.warning(
                     "lis_no_ack", attempt=attempt, error=exc.reason, retry_in=round(delay, 2)
                 )
                 return
-            now = datetime.now(UTC)
-            answer = LisAnswer(
-                transmission, now, raw_in=ack.raw, ack_code=ack.code, ack_control_id=ack.control_id
+            answered = Transmission(
+                payload,
+                sent_at,
+                datetime.now(UTC),
+                raw_in=ack.raw,
+                ack_code=ack.code,
+                ack_control_id=ack.control_id,
             )
             if ack.code in {"AA", "CA"}:
-                delivered = await store.run(store.mark_delivered, item.outbox_id, now, answer)
+                delivered = await store.run(store.mark_delivered, item.outbox_id, answered)
                 self.health.count(settings.name, "delivered", delivered)
                 if item.instrument in self.health.connections:
                     self.health.count(item.instrument, "delivered", delivered)
                 log.info("lis_ack_received", ack_code=ack.code, attempt=attempt, results=delivered)
             else:
                 error = f"LIS answered {ack.code}: {ack.text}".strip()
-                await store.run(store.mark_rejected, item.outbox_id, error, answer)
+                await store.run(store.mark_rejected, item.outbox_id, error, answered)
                 self.health.count(settings.name, "errors")
                 log.error("lis_rejected_message", ack_code=ack.code, text=ack.text, attempt=attempt)
 

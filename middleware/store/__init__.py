@@ -2,10 +2,10 @@
 
 from middleware.store.repo import (
     IncomingMessage,
-    LisAnswer,
     OutboxItem,
     Store,
     StoreUnavailable,
+    Transmission,
 )
 
-__all__ = ["IncomingMessage", "LisAnswer", "OutboxItem", "Store", "StoreUnavailable"]
+__all__ = ["IncomingMessage", "OutboxItem", "Store", "StoreUnavailable", "Transmission"]

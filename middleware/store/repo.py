@@ -34,10 +34,10 @@ from middleware.store.tables import (
 
 __all__ = [
     "IncomingMessage",
-    "LisAnswer",
     "OutboxItem",
     "Store",
     "StoreUnavailable",
+    "Transmission",
     "new_control_id",
     "utc",
 ]
@@ -83,11 +83,13 @@ class IncomingMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class LisAnswer:
-    """What came back for one transmission (or why nothing usable did), for the archive."""
+class Transmission:
+    """One attempt to hand a message to the LIS: the bytes sent, when, and what came back (or
+    why nothing usable did). Archived in the same transaction as the outcome it led to."""
 
-    transmission_id: int
-    at: datetime
+    payload: bytes
+    sent_at: datetime
+    answered_at: datetime
     raw_in: bytes | None = None
     ack_code: str | None = None
     ack_control_id: str | None = None
@@ -104,6 +106,7 @@ class OutboxItem:
     instrument: str
     attempts: int
     payload: bytes | None
+    created_at: datetime
     reports: tuple[SpecimenReport, ...] = field(default=())
     decisions: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
 
@@ -282,6 +285,7 @@ class Store:
                 instrument=row.instrument,
                 attempts=row.attempts,
                 payload=row.payload,
+                created_at=utc(row.created_at),  # type: ignore[arg-type]
                 reports=reports,
                 decisions=decisions,
             )
@@ -335,66 +339,64 @@ class Store:
             )
         return tuple(reports), tuple(decisions)
 
-    def record_attempt(self, outbox_id: int, payload: bytes, sent_at: datetime) -> int:
-        """Before the bytes leave: keep the payload (first attempt) and open a transmission row."""
+    def mark_delivered(self, outbox_id: int, transmission: Transmission) -> int:
+        """The LIS accepted (AA): message and results are delivered; returns the result count."""
         with self._sessions.begin() as session:
-            row = session.get_one(OutboxRow, outbox_id)
-            if row.payload is None:
-                row.payload = payload
-            row.attempts += 1
-            transmission = TransmissionRow(
-                outbox_id=outbox_id, attempt=row.attempts, sent_at=sent_at, raw_out=payload
+            row = self._archive(session, outbox_id, transmission)
+            row.state, row.delivered_at, row.last_error = (
+                "delivered",
+                transmission.answered_at,
+                None,
             )
-            session.add(transmission)
-            session.flush()
-            return transmission.id
-
-    def mark_delivered(self, outbox_id: int, at: datetime, answer: LisAnswer | None = None) -> int:
-        """The LIS accepted (AA): message and results are delivered; returns the result count.
-        The answer is archived in the same transaction."""
-        with self._sessions.begin() as session:
-            self._archive(session, answer)
-            row = session.get_one(OutboxRow, outbox_id)
-            row.state, row.delivered_at, row.last_error = "delivered", at, None
             result = session.execute(
                 update(ResultRow)
                 .where(ResultRow.message_id == row.message_id, ResultRow.is_qc.is_(False))
-                .values(delivered_at=at)
+                .values(delivered_at=transmission.answered_at)
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    def mark_retry(
-        self,
-        outbox_id: int,
-        error: str,
-        at: datetime,
-        delay: float,
-        answer: LisAnswer | None = None,
-    ) -> None:
+    def mark_retry(self, outbox_id: int, transmission: Transmission, delay: float) -> None:
         """No usable answer: try again, the same bytes, after `delay` seconds."""
         with self._sessions.begin() as session:
-            self._archive(session, answer)
-            row = session.get_one(OutboxRow, outbox_id)
-            row.last_error = error
-            row.next_attempt_at = at + timedelta(seconds=delay)
+            row = self._archive(session, outbox_id, transmission)
+            row.last_error = transmission.error
+            row.next_attempt_at = transmission.answered_at + timedelta(seconds=delay)
 
-    def mark_rejected(self, outbox_id: int, error: str, answer: LisAnswer | None = None) -> None:
-        """The LIS answered AE/AR: stop, keep it, and let a person decide (no blind retry loop)."""
+    def mark_rejected(
+        self, outbox_id: int, error: str, transmission: Transmission | None = None
+    ) -> None:
+        """The LIS answered AE/AR (or the message could not be built): stop, keep it, and let a
+        person decide — no blind retry loop."""
         with self._sessions.begin() as session:
-            self._archive(session, answer)
-            row = session.get_one(OutboxRow, outbox_id)
+            if transmission is None:
+                row = session.get_one(OutboxRow, outbox_id)
+            else:
+                row = self._archive(session, outbox_id, transmission)
             row.state, row.last_error = "rejected", error
 
     @staticmethod
-    def _archive(session: Session, answer: LisAnswer | None) -> None:
-        if answer is None:
-            return
-        row = session.get_one(TransmissionRow, answer.transmission_id)
-        row.raw_in = answer.raw_in
-        row.ack_code = answer.ack_code
-        row.ack_control_id = answer.ack_control_id
-        row.acked_at = answer.at if answer.ack_code else None
-        row.error = answer.error
+    def _archive(session: Session, outbox_id: int, transmission: Transmission) -> OutboxRow:
+        # The first payload sent is kept and every retry repeats it. The sender builds it
+        # deterministically (MSH-7 is the outbox row's creation time), so a crash between sending
+        # and this commit still yields the very same bytes when it is rebuilt after restart.
+        row = session.get_one(OutboxRow, outbox_id)
+        if row.payload is None:
+            row.payload = transmission.payload
+        row.attempts += 1
+        session.add(
+            TransmissionRow(
+                outbox_id=outbox_id,
+                attempt=row.attempts,
+                sent_at=transmission.sent_at,
+                raw_out=transmission.payload,
+                raw_in=transmission.raw_in,
+                ack_code=transmission.ack_code,
+                ack_control_id=transmission.ack_control_id,
+                acked_at=transmission.answered_at if transmission.ack_code else None,
+                error=transmission.error,
+            )
+        )
+        return row
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -213,7 +213,9 @@ async def test_frame_is_naked_while_the_store_cannot_commit_and_stored_once_afte
     analyser = AnalyserSimulator("127.0.0.1", running.analyser_port)
     await analyser.connect()
     try:
-        sending = asyncio.create_task(analyser.send(build_result_message("SPEC-LOCK", "P", RESULTS)))
+        sending = asyncio.create_task(
+            analyser.send(build_result_message("SPEC-LOCK", "P", RESULTS))
+        )
         await _until(lambda: running.gateway.health.connections["chem-1"].errors >= 1, timeout=15)
         assert not sending.done()  # no ACK while nothing is stored
         blocker.execute("ROLLBACK")

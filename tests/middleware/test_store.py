@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from drivers.models import Patient, Result, SpecimenReport
-from middleware.store import IncomingMessage, LisAnswer, Store, migrate
+from middleware.store import IncomingMessage, Store, Transmission, migrate
 from middleware.store.tables import Base
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -93,45 +93,53 @@ def test_qc_results_are_stored_but_owe_nothing_to_the_lis(store: Store) -> None:
     assert store.result_counts() == {"chem-1": {"stored": 1, "delivered": 0}}
 
 
+def _sent(payload: bytes, code: str | None = None, error: str | None = None) -> Transmission:
+    return Transmission(
+        payload,
+        NOW,
+        NOW,
+        raw_in=b"MSH|ack" if code else None,
+        ack_code=code,
+        ack_control_id="A1" if code else None,
+        error=error,
+    )
+
+
 def test_outbox_is_strictly_ordered_and_a_waiting_head_blocks_the_rest(store: Store) -> None:
     first = store.save_message(_incoming(1))
     second = store.save_message(_incoming(2))
     assert first is not None and second is not None
-    store.record_attempt(first, b"MSH|one", NOW)
-    store.mark_retry(first, "no ack", NOW, delay=30)
+    store.mark_retry(first, _sent(b"MSH|one", error="no ack"), delay=30)
     assert store.next_due("lis", NOW) is None  # the second does not overtake the first
     assert store.next_attempt_time("lis") == NOW + timedelta(seconds=30)
     item = store.next_due("lis", NOW + timedelta(seconds=31))
     assert item is not None and item.outbox_id == first
     assert item.payload == b"MSH|one" and item.attempts == 1  # same bytes on retransmission
-    store.record_attempt(first, b"ignored: the first bytes are kept", NOW)
-    assert store.next_due("lis", NOW + timedelta(seconds=31)).payload == b"MSH|one"  # type: ignore[union-attr]
+    assert item.created_at == NOW  # what a deterministic rebuild would use for MSH-7
+    store.mark_retry(first, _sent(b"ignored: the first bytes are kept", error="again"), delay=0)
+    again = store.next_due("lis", NOW + timedelta(seconds=31))
+    assert again is not None and again.payload == b"MSH|one" and again.attempts == 2
 
 
-def test_delivery_marks_results_and_frees_the_queue(store: Store) -> None:
+def test_delivery_marks_results_archives_the_answer_and_frees_the_queue(store: Store) -> None:
     first = store.save_message(_incoming(1))
     assert first is not None
-    transmission = store.record_attempt(first, b"MSH|one", NOW)
-    answer = LisAnswer(transmission, NOW, raw_in=b"MSH|ack", ack_code="AA", ack_control_id="A1")
-    assert store.mark_delivered(first, NOW, answer) == 1
+    assert store.mark_delivered(first, _sent(b"MSH|one", "AA")) == 1
     assert store.outbox_depth() == 0
     assert store.result_counts() == {"chem-1": {"stored": 1, "delivered": 1}}
     with store.engine.connect() as connection:
         archived = connection.execute(
-            sa.text("select ack_code, raw_in, acked_at from transmissions")
+            sa.text("select attempt, raw_out, ack_code, raw_in, acked_at from transmissions")
         ).one()
-    assert (
-        archived.ack_code == "AA"
-        and archived.raw_in == b"MSH|ack"
-        and archived.acked_at is not None
-    )
+    assert (archived.attempt, archived.raw_out, archived.ack_code) == (1, b"MSH|one", "AA")
+    assert archived.raw_in == b"MSH|ack" and archived.acked_at is not None
 
 
 def test_rejected_message_leaves_the_queue_but_stays_undelivered(store: Store) -> None:
     first = store.save_message(_incoming(1))
     second = store.save_message(_incoming(2))
     assert first is not None
-    store.mark_rejected(first, "LIS answered AR")
+    store.mark_rejected(first, "LIS answered AR", _sent(b"MSH|one", "AR"))
     item = store.next_due("lis", NOW)
     assert item is not None and item.outbox_id == second
     assert store.result_counts()["chem-1"]["delivered"] == 0
