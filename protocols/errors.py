@@ -2,7 +2,7 @@
 
     ProtocolError
      ├── LocalProtocolError   we misused a core (a labgate bug): fail loudly
-     └── RemoteProtocolError  the peer sent something we cannot accept: refuse it, keep it in the trace
+     └── RemoteProtocolError  the peer sent what we cannot accept: refuse it, keep it in the trace
 
 The cores never log; they raise these or emit events, and the middleware decides what to do.
 """
