@@ -92,7 +92,6 @@ class AnalyserSimulator:
             astm.Role.INSTRUMENT, timers=timers or astm.Timers(), max_text=max_text
         )
         self.corrupt_frames = 0
-        self.naks_seen = 0
         self.sent = 0
         self.failed = 0
         self._waiters: deque[asyncio.Future[bool]] = deque()
@@ -181,12 +180,13 @@ class AnalyserSimulator:
                 self.sent += 1
                 self._resolve(True)
             elif isinstance(event, astm.MessageFailed):
+                # A failed transfer is retried by the link itself; only a dropped message is final.
                 self.failed += 1
-                self._resolve(False)
+                if event.dropped:
+                    self._resolve(False)
             elif isinstance(event, astm.MessageReceived):
                 self.link.acknowledge(asyncio.get_running_loop().time())
             self._flush()
-        # A NAK shows up as a retransmission, which the host counts; nothing else to do here.
 
     def _resolve(self, ok: bool) -> None:
         if self._waiters:
