@@ -22,6 +22,8 @@ run: $(VENV)/.installed
 	$(BIN)/labgate run --config $(CONFIG)
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check protocols drivers middleware simulators tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev

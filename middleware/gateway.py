@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import structlog
 import uvicorn
@@ -77,7 +78,9 @@ class Gateway:
         self.store: Store
 
     async def run(
-        self, stop: asyncio.Event, extra: Callable[[Gateway], Awaitable[None]] | None = None
+        self,
+        stop: asyncio.Event,
+        extra: Callable[[Gateway], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """Run until `stop` is set; `extra` (the demo's simulators) runs beside the daemon."""
         settings = self.settings

@@ -35,7 +35,8 @@ def backoff_delay(
     """Delay before retry number `attempt` (1-based): exponential, capped, with "equal jitter"
     so many gateways recovering together do not hammer the LIS in step."""
     ceiling = min(maximum, initial * (2 ** max(0, attempt - 1)))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    jitter: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter
 
 
 class _NoAck(Exception):
@@ -179,13 +180,13 @@ class LisSender:
         if self._writer is not None and self._reader is not None and not self._writer.is_closing():
             return self._reader, self._writer
         settings = self.settings
-        self._reader, self._writer = await asyncio.wait_for(
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(settings.host, settings.port), settings.connect_timeout
         )
-        self._framer = MllpFramer()
+        self._reader, self._writer, self._framer = reader, writer, MllpFramer()
         self.health.set_state(settings.name, "connected")
         log.info("lis_connected", address=f"{settings.host}:{settings.port}")
-        return self._reader, self._writer
+        return reader, writer
 
     async def _read_message(self, reader: asyncio.StreamReader) -> bytes:
         while (message := self._framer.next_message()) is None:
