@@ -63,15 +63,8 @@ def _rows(db: Path, query: str) -> list[sa.Row]:
 async def test_result_travels_from_analyser_to_lis_and_is_marked_delivered(
     running: Running,
 ) -> None:
-    analyser = AnalyserSimulator("127.0.0.1", running.analyser_port)
-    await analyser.connect()
-    try:
-        message = build_result_message(
-            "SPEC0001", "PAT00042", RESULTS, patient_name=("MÜLLER", "ANNE")
-        )
-        assert await analyser.send(message) is True
-    finally:
-        await analyser.close()
+    message = build_result_message("SPEC0001", "PAT00042", RESULTS, patient_name=("MÜLLER", "ANNE"))
+    assert await _send(running, message) is True
 
     [received] = await running.lis.wait_for(1)
     assert received.parsed is not None
@@ -128,13 +121,8 @@ async def test_result_travels_from_analyser_to_lis_and_is_marked_delivered(
 
 
 async def test_corrupt_frame_is_naked_then_retransmission_is_stored_once(running: Running) -> None:
-    analyser = AnalyserSimulator("127.0.0.1", running.analyser_port)
-    analyser.corrupt_frames = 1
-    await analyser.connect()
-    try:
-        assert await analyser.send(build_result_message("SPEC0002", "PAT1", RESULTS[:1])) is True
-    finally:
-        await analyser.close()
+    message = build_result_message("SPEC0002", "PAT1", RESULTS[:1])
+    assert await _send(running, message, corrupt_frames=1) is True
     await running.lis.wait_for(1)
     assert _rows(running.db, "select count(*) from results")[0][0] == 1
     [trace] = _rows(running.db, "select kind, detail from trace")
@@ -145,12 +133,7 @@ async def test_corrupt_frame_is_naked_then_retransmission_is_stored_once(running
 
 async def test_long_message_split_in_240_char_frames_arrives_whole(running: Running) -> None:
     many = [SimulatedResult(f"T{i:03d}", f"{i}.5", "g/L", "1 to 9") for i in range(40)]
-    analyser = AnalyserSimulator("127.0.0.1", running.analyser_port)
-    await analyser.connect()
-    try:
-        assert await analyser.send(build_result_message("SPEC0003", "PAT3", many)) is True
-    finally:
-        await analyser.close()
+    assert await _send(running, build_result_message("SPEC0003", "PAT3", many)) is True
     [received] = await running.lis.wait_for(1)
     assert received.parsed is not None
     assert [o.code for o in received.parsed.observations] == [r.code for r in many]
@@ -161,13 +144,8 @@ async def test_long_message_split_in_240_char_frames_arrives_whole(running: Runn
 async def test_undecodable_message_is_kept_with_its_reason_and_not_forwarded(
     running: Running,
 ) -> None:
-    analyser = AnalyserSimulator("127.0.0.1", running.analyser_port)
-    await analyser.connect()
-    try:
-        # Valid frames, but the E1394 content has a result before any order.
-        assert await analyser.send(b"H|\\^&|||X\rR|1|^^^GLU|5|mmol/L\rL|1|N\r") is True
-    finally:
-        await analyser.close()
+    # Valid frames, but the E1394 content has a result before any order.
+    assert await _send(running, b"H|\\^&|||X\rR|1|^^^GLU|5|mmol/L\rL|1|N\r") is True
     await _until(lambda: bool(_rows(running.db, "select 1 from messages")))
     [row] = _rows(running.db, "select status, error, raw from messages")
     assert row.status == "refused" and "before any O record" in row.error
@@ -178,16 +156,22 @@ async def test_undecodable_message_is_kept_with_its_reason_and_not_forwarded(
 
 async def test_lis_rejection_stops_the_message_and_keeps_it(running: Running) -> None:
     running.lis.ack_code = "AR"
-    analyser = AnalyserSimulator("127.0.0.1", running.analyser_port)
-    await analyser.connect()
-    try:
-        assert await analyser.send(build_result_message("SPEC0004", "PAT4", RESULTS[:1])) is True
-    finally:
-        await analyser.close()
+    assert await _send(running, build_result_message("SPEC0004", "PAT4", RESULTS[:1])) is True
     await _until(lambda: _rows(running.db, "select state from outbox")[0][0] == "rejected")
     await asyncio.sleep(0.5)
     assert len(running.lis.received) == 1  # not retried blindly
     assert _rows(running.db, "select count(*) from results where delivered_at is null")[0][0] == 1
+
+
+async def _send(running: Running, message: bytes, corrupt_frames: int = 0) -> bool:
+    """One analyser connection sending one message; True when its final frame was ACKed."""
+    analyser = AnalyserSimulator("127.0.0.1", running.analyser_port)
+    analyser.corrupt_frames = corrupt_frames
+    await analyser.connect()
+    try:
+        return await analyser.send(message)
+    finally:
+        await analyser.close()
 
 
 async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
