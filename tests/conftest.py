@@ -7,6 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, not speed: on a shared 2-core machine a per-example deadline
+# only produces flaky failures. Speed is measured by benchmarks/.
+settings.register_profile(
+    "labgate", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("labgate")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
