@@ -60,6 +60,7 @@ class LisSimulator:
         self._arrived = asyncio.Condition()
         self._ids = itertools.count(1)
         self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Start listening; returns the bound port."""
@@ -74,6 +75,9 @@ class LisSimulator:
             self._server.close()
             for writer in list(self._connections):
                 writer.close()
+            # Let each connection handler see its end before the loop goes away.
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=5)
             await self._server.wait_closed()
             self._server = None
 
@@ -92,6 +96,9 @@ class LisSimulator:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         framer = MllpFramer()
         self._connections.add(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         try:
             while data := await reader.read(65536):
                 try:
@@ -104,6 +111,8 @@ class LisSimulator:
             pass
         finally:
             self._connections.discard(writer)
+            if handler is not None:
+                self._handlers.discard(handler)
             writer.close()
 
     async def _answer(self, message: bytes, writer: asyncio.StreamWriter) -> None:

@@ -39,6 +39,10 @@ def backoff_delay(
     return ceiling / 2 + jitter
 
 
+# Outbox rows read at once; each is still sent, acknowledged and committed one after the other.
+_BATCH = 32
+
+
 class _NoAck(Exception):
     """No usable acknowledgement came back; `reason` says what happened instead."""
 
@@ -66,25 +70,28 @@ class LisSender:
     async def run(self) -> None:
         """Deliver forever; cancelled when the daemon stops (a message in flight stays pending)."""
         name = self.settings.name
+        store = self.store
         with structlog.contextvars.bound_contextvars(connection=name):
             try:
                 while True:
                     try:
-                        item = await self.store.run(self.store.next_due, name, datetime.now(UTC))
+                        batch = await store.read(store.due, name, datetime.now(UTC), _BATCH)
                     except StoreUnavailable as exc:
                         log.error("store_unavailable", error=str(exc))
                         await asyncio.sleep(1.0)
                         continue
-                    if item is None:
+                    if not batch:
                         await self._update_depth()
                         await self._idle()
                         continue
-                    await self._deliver(item)
+                    for item in batch:
+                        if not await self._deliver(item):
+                            break  # it waits for its retry; nothing behind it may overtake it
             finally:
                 await self._close()
 
     async def _idle(self) -> None:
-        due = await self.store.run(self.store.next_attempt_time, self.settings.name)
+        due = await self.store.read(self.store.next_attempt_time, self.settings.name)
         timeout = None if due is None else max(0.0, (due - datetime.now(UTC)).total_seconds())
         self._wake.clear()
         try:
@@ -93,10 +100,11 @@ class LisSender:
             pass
 
     async def _update_depth(self) -> None:
-        depth = await self.store.run(self.store.outbox_depth, self.settings.name)
+        depth = await self.store.read(self.store.outbox_depth, self.settings.name)
         self.health.outbox_depth.labels(self.settings.name).set(depth)
 
-    async def _deliver(self, item: OutboxItem) -> None:
+    async def _deliver(self, item: OutboxItem) -> bool:
+        """Send one message; False when it must wait for a retry (the queue stops behind it)."""
         settings = self.settings
         store = self.store
         with structlog.contextvars.bound_contextvars(
@@ -113,7 +121,7 @@ class LisSender:
                     await store.run(store.mark_rejected, item.outbox_id, f"not built: {exc}")
                     self.health.count(settings.name, "errors")
                     log.exception("lis_message_not_built")
-                    return
+                    return True
             attempt = item.attempts + 1
             sent_at = datetime.now(UTC)
             try:
@@ -128,7 +136,7 @@ class LisSender:
                 log.warning(
                     "lis_no_ack", attempt=attempt, error=exc.reason, retry_in=round(delay, 2)
                 )
-                return
+                return False
             answered = Transmission(
                 payload,
                 sent_at,
@@ -148,6 +156,7 @@ class LisSender:
                 await store.run(store.mark_rejected, item.outbox_id, error, answered)
                 self.health.count(settings.name, "errors")
                 log.error("lis_rejected_message", ack_code=ack.code, text=ack.text, attempt=attempt)
+            return True
 
     async def _exchange(self, payload: bytes, control_id: str) -> Ack:
         """Send one message and wait for its acknowledgement; any failure closes the connection

@@ -129,6 +129,8 @@ class Store:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labgate-store")
+        # Reads never wait behind commits: WAL lets them run beside the one writer.
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="labgate-read")
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -147,10 +149,22 @@ class Store:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
         self.engine.dispose()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a store method on the store's own thread; database errors become StoreUnavailable."""
+        """Run a store write on the store's one writer thread (writes are serialised, in the
+        order they were asked for); database errors become StoreUnavailable."""
+        return await self._call(self._writer, fn, *args, **kwargs)
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a read-only store method on a reader thread."""
+        return await self._call(self._readers, fn, *args, **kwargs)
+
+    @staticmethod
+    async def _call(
+        executor: ThreadPoolExecutor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         loop = asyncio.get_running_loop()
 
         def call() -> T:
@@ -159,7 +173,7 @@ class Store:
             except SQLAlchemyError as exc:
                 raise StoreUnavailable(str(exc.__cause__ or exc)) from exc
 
-        return await loop.run_in_executor(self._writer, call)
+        return await loop.run_in_executor(executor, call)
 
     # --- from analysers -------------------------------------------------------------------
 
@@ -259,36 +273,42 @@ class Store:
 
     # --- to the LIS -----------------------------------------------------------------------
 
-    def next_due(self, lis: str, now: datetime) -> OutboxItem | None:
-        """The oldest undelivered message for this LIS, if its retry time has come.
+    def due(self, lis: str, now: datetime, limit: int = 1) -> list[OutboxItem]:
+        """The oldest undelivered messages for this LIS, in order, as far as they are due.
 
         Strict order: if the oldest pending message is waiting for its retry time, nothing newer
-        is sent before it (results must not overtake each other on their way to the LIS).
+        is returned (results must not overtake each other on their way to the LIS). The sender
+        takes a batch to save a read per message and stops at the first one that fails.
         """
         with self._sessions() as session:
-            row = session.scalars(
+            rows = session.scalars(
                 select(OutboxRow)
                 .where(OutboxRow.lis == lis, OutboxRow.state == "pending")
                 .order_by(OutboxRow.id)
-                .limit(1)
-            ).first()
-            if row is None or utc(row.next_attempt_at) > now:  # type: ignore[operator]
-                return None
-            reports: tuple[SpecimenReport, ...] = ()
-            decisions: tuple[tuple[str, tuple[str, ...]], ...] = ()
-            if row.payload is None:
-                reports, decisions = self._load_reports(session, row.message_id)
-            return OutboxItem(
-                outbox_id=row.id,
-                message_id=row.message_id,
-                control_id=row.control_id,
-                instrument=row.instrument,
-                attempts=row.attempts,
-                payload=row.payload,
-                created_at=utc(row.created_at),  # type: ignore[arg-type]
-                reports=reports,
-                decisions=decisions,
-            )
+                .limit(limit)
+            ).all()
+            items: list[OutboxItem] = []
+            for row in rows:
+                if utc(row.next_attempt_at) > now:  # type: ignore[operator]
+                    break
+                reports: tuple[SpecimenReport, ...] = ()
+                decisions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+                if row.payload is None:
+                    reports, decisions = self._load_reports(session, row.message_id)
+                items.append(
+                    OutboxItem(
+                        outbox_id=row.id,
+                        message_id=row.message_id,
+                        control_id=row.control_id,
+                        instrument=row.instrument,
+                        attempts=row.attempts,
+                        payload=row.payload,
+                        created_at=utc(row.created_at),  # type: ignore[arg-type]
+                        reports=reports,
+                        decisions=decisions,
+                    )
+                )
+            return items
 
     def next_attempt_time(self, lis: str) -> datetime | None:
         """When the head of this LIS's queue is due (None when the queue is empty)."""

@@ -28,7 +28,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
-        depth = await gateway.store.run(gateway.store.outbox_depth)
+        depth = await gateway.store.read(gateway.store.outbox_depth)
         return {
             "status": gateway.state,
             "gateway": gateway.settings.gateway,
@@ -40,7 +40,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        depth = await gateway.store.run(gateway.store.outbox_depth, gateway.settings.lis.name)
+        depth = await gateway.store.read(gateway.store.outbox_depth, gateway.settings.lis.name)
         gateway.health.outbox_depth.labels(gateway.settings.lis.name).set(depth)
         return Response(generate_latest(gateway.health.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -69,8 +69,8 @@ def test_migrations_produce_exactly_the_models(store: Store) -> None:
 def test_message_results_and_outbox_commit_together(store: Store) -> None:
     outbox_id = store.save_message(_incoming(1))
     assert outbox_id is not None
-    item = store.next_due("lis", NOW)
-    assert item is not None and item.outbox_id == outbox_id and item.payload is None
+    [item] = store.due("lis", NOW)
+    assert item.outbox_id == outbox_id and item.payload is None
     [report] = item.reports
     assert report.patient.family_name == "DUPONT"
     assert report.results[0].numeric == Decimal("5.4")
@@ -89,7 +89,7 @@ def test_a_failed_transaction_leaves_nothing_behind(store: Store) -> None:
 
 def test_qc_results_are_stored_but_owe_nothing_to_the_lis(store: Store) -> None:
     assert store.save_message(_incoming(1, qc=True)) is None
-    assert store.next_due("lis", NOW) is None
+    assert store.due("lis", NOW) == []
     assert store.result_counts() == {"chem-1": {"stored": 1, "delivered": 0}}
 
 
@@ -110,15 +110,15 @@ def test_outbox_is_strictly_ordered_and_a_waiting_head_blocks_the_rest(store: St
     second = store.save_message(_incoming(2))
     assert first is not None and second is not None
     store.mark_retry(first, _sent(b"MSH|one", error="no ack"), delay=30)
-    assert store.next_due("lis", NOW) is None  # the second does not overtake the first
+    assert store.due("lis", NOW, limit=10) == []  # the second does not overtake the first
     assert store.next_attempt_time("lis") == NOW + timedelta(seconds=30)
-    item = store.next_due("lis", NOW + timedelta(seconds=31))
-    assert item is not None and item.outbox_id == first
+    item, following = store.due("lis", NOW + timedelta(seconds=31), limit=10)
+    assert (item.outbox_id, following.outbox_id) == (first, second)
     assert item.payload == b"MSH|one" and item.attempts == 1  # same bytes on retransmission
     assert item.created_at == NOW  # what a deterministic rebuild would use for MSH-7
     store.mark_retry(first, _sent(b"ignored: the first bytes are kept", error="again"), delay=0)
-    again = store.next_due("lis", NOW + timedelta(seconds=31))
-    assert again is not None and again.payload == b"MSH|one" and again.attempts == 2
+    [again] = store.due("lis", NOW + timedelta(seconds=31))
+    assert again.payload == b"MSH|one" and again.attempts == 2
 
 
 def test_delivery_marks_results_archives_the_answer_and_frees_the_queue(store: Store) -> None:
@@ -140,14 +140,14 @@ def test_rejected_message_leaves_the_queue_but_stays_undelivered(store: Store) -
     second = store.save_message(_incoming(2))
     assert first is not None
     store.mark_rejected(first, "LIS answered AR", _sent(b"MSH|one", "AR"))
-    item = store.next_due("lis", NOW)
-    assert item is not None and item.outbox_id == second
+    [item] = store.due("lis", NOW, limit=10)
+    assert item.outbox_id == second
     assert store.result_counts()["chem-1"]["delivered"] == 0
 
 
 def test_each_lis_has_its_own_queue(store: Store) -> None:
     store.save_message(_incoming(1, lis="lis-a"))
-    assert store.next_due("lis-b", NOW) is None
+    assert store.due("lis-b", NOW) == []
     assert store.outbox_depth("lis-a") == 1 and store.outbox_depth("lis-b") == 0
 
 
