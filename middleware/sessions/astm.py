@@ -83,6 +83,12 @@ class AstmSession:
                 await _Conversation(self, reader, writer).run()
             except (ConnectionError, OSError) as exc:
                 log.warning("analyser_connection_lost", error=str(exc))
+            except Exception:
+                # A labgate bug (LocalProtocolError...): drop this connection loudly, keep the
+                # daemon and every other analyser running; the analyser reconnects and resends
+                # whatever it had not been acknowledged for.
+                self.health.count(name, "errors")
+                log.exception("analyser_session_failed")
             finally:
                 self._active -= 1
                 if self._active == 0:

@@ -210,3 +210,27 @@ async def test_frame_is_naked_while_the_store_cannot_commit_and_stored_once_afte
     await running.lis.wait_for(1)
     assert _rows(running.db, "select count(*) from results")[0][0] == 3
     assert _rows(running.db, "select count(*) from messages")[0][0] == 1
+
+
+async def test_garbage_on_the_analyser_port_is_survived_and_later_results_still_flow(
+    running: Running,
+) -> None:
+    """Noise, a half frame and a bare EOT (what a wrong cable or a foreign protocol sends) must
+    neither crash the daemon nor leave anything stored; the next real message goes through."""
+    import random
+
+    rng = random.Random(1381)
+    noise = bytes(rng.randrange(256) for _ in range(5000))
+    _, writer = await asyncio.open_connection("127.0.0.1", running.analyser_port)
+    writer.write(noise + b"\x05\x021H|\\^&|||half a fr" + b"\x04" + noise)
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    await writer.wait_closed()
+
+    assert await _send(running, build_result_message("SPEC-AFTER", "P", RESULTS[:1])) is True
+    [received] = await running.lis.wait_for(1)
+    assert received.parsed is not None
+    assert [o.specimen_id for o in received.parsed.observations] == ["SPEC-AFTER"]
+    assert _rows(running.db, "select count(*) from messages where status = 'stored'")[0][0] == 1
+    assert running.gateway.state == "running"
