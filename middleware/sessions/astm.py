@@ -129,6 +129,7 @@ class _Conversation:
                 continue
             if not data:
                 await self._flush()
+                await self._commit_unterminated()
                 return
             self.link.receive_data(data, self.loop.time())
             await self._handle_events()
@@ -148,16 +149,12 @@ class _Conversation:
                 log.warning("frame_nak_sent", reason=event.reason, length=len(event.raw))
                 await self._trace("frame_rejected", event.raw, event.reason)
             elif isinstance(event, astm.TransferAborted):
+                # Only the unacknowledged frames are lost, and the analyser sends them again;
+                # records already acknowledged stay assembled for the rest of the message.
                 self.session.health.count(self.session.settings.name, "errors")
                 log.warning("transfer_aborted", reason=event.reason, pending=len(self.text))
-                self._reset()
             elif isinstance(event, astm.TransferEnded):
-                if self.text:
-                    # The analyser ended the transfer without an L record: its frames were all
-                    # acknowledged and are in the trace; keep the message rather than lose it.
-                    log.warning("message_without_terminator", message_id=self.message_id)
-                    await self._commit()
-                    self._reset()
+                await self._commit_unterminated()
             elif isinstance(event, astm.DuplicateFrameIgnored):
                 log.info("duplicate_frame_ignored", length=len(event.raw))
             await self._flush()
@@ -234,6 +231,14 @@ class _Conversation:
             if incoming.forward:
                 session.on_stored()
             return True
+
+    async def _commit_unterminated(self) -> None:
+        """The analyser ended the transfer (or the connection) without an L record: every frame
+        of what it sent was acknowledged and is in the trace; keep the message, never lose it."""
+        if self.text:
+            log.warning("message_without_terminator", message_id=self.message_id)
+            await self._commit()
+            self._reset()
 
     def _decode(self, text: bytes) -> list[SpecimenReport]:
         message = astm.decode_message(text, self.session.settings.encoding)

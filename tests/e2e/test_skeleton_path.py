@@ -234,3 +234,34 @@ async def test_garbage_on_the_analyser_port_is_survived_and_later_results_still_
     assert [o.specimen_id for o in received.parsed.observations] == ["SPEC-AFTER"]
     assert _rows(running.db, "select count(*) from messages where status = 'stored'")[0][0] == 1
     assert running.gateway.state == "running"
+
+
+async def test_one_record_per_frame_analyser_is_assembled_until_its_l_record(
+    running: Running,
+) -> None:
+    """Pentra-style: every record its own E1381 message (ETX frame). Each is acknowledged only
+    once in the trace; the results are stored once, when the L record completes the message."""
+    records = build_result_message("SPEC-PENTRA", "P", RESULTS).split(b"\r")[:-1]
+    analyser = AnalyserSimulator("127.0.0.1", running.analyser_port)
+    await analyser.connect()
+    try:
+        sends = [analyser.send(record + b"\r") for record in records]
+        assert await asyncio.gather(*sends) == [True] * len(records)
+    finally:
+        await analyser.close()
+    [received] = await running.lis.wait_for(1)
+    assert received.parsed is not None and len(received.parsed.observations) == 3
+    partials = _rows(running.db, "select data from trace where kind = 'partial_message'")
+    assert len(partials) == len(records) - 1
+    [message] = _rows(running.db, "select raw from messages")
+    assert message.raw.count(b"\x03") == len(records)  # every ETX frame, byte for byte
+
+
+async def test_records_acknowledged_without_an_l_record_are_kept_when_the_analyser_leaves(
+    running: Running,
+) -> None:
+    records = build_result_message("SPEC-NOL", "P", RESULTS[:2]).split(b"\r")[:-2]  # no L
+    assert await _send(running, b"\r".join(records) + b"\r") is True
+    [received] = await running.lis.wait_for(1)
+    assert received.parsed is not None
+    assert [o.specimen_id for o in received.parsed.observations] == ["SPEC-NOL", "SPEC-NOL"]
