@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
-__all__ = ["Patient", "Result", "SpecimenReport"]
+__all__ = ["Order", "Patient", "Query", "Result", "SpecimenReport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,14 @@ class Result:
     sequence: int = 0
     comments: tuple[str, ...] = ()
     is_qc: bool = False
+    # The LIS's code for this test after the driver's transcoding table (GBUI XIV); "" = same as
+    # test_code. `flags` stay as the analyser sent them; `normalized_flags` use one vocabulary
+    # (L H LL HH < > N A) so rules and the LIS need not know every vendor's dialect.
+    lis_code: str = ""
+    normalized_flags: tuple[str, ...] = ()
+    # QC results: the control material's level and lot as the analyser identified them.
+    qc_level: str = ""
+    qc_lot: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +69,27 @@ class SpecimenReport:
     collected_at: datetime | None = None
     is_qc: bool = False
     extras: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Tests the LIS asked for on one specimen, ready to be downloaded to an analyser.
+
+    `tests` hold LIS codes; the driver transcodes them to the analyser's codes. `action` is the
+    E1394 O-12 action code: N new, A add, C cancel."""
+
+    specimen_id: str
+    patient: Patient
+    tests: tuple[str, ...]
+    priority: str = "R"
+    collected_at: datetime | None = None
+    action: str = "N"
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """An analyser asking which tests to run on specimens (an E1394 Q record)."""
+
+    specimen_ids: tuple[str, ...]
+    tests: tuple[str, ...] = ()  # analyser codes asked about; () or ("ALL",) = everything
+    sequence: int = 1
