@@ -13,10 +13,21 @@ Sans-IO: bytes and the time go in, events and bytes come out (see `link.py`)::
             message = astm.decode_message(event.text)
     transport.write(link.data_to_send())
     call_at(link.get_timer(), link.handle_timer)
+
+`UnframedLink` has the same calls for analysers that send records without E1381 frames
+(`unframed.py`). `read_capture` and `split_capture_messages` read capture files and logs as found
+in the wild through the same two links (`capture.py`).
 """
 
 from __future__ import annotations
 
+from protocols.astm.capture import (
+    Capture,
+    CaptureIssue,
+    CaptureMessage,
+    read_capture,
+    split_capture_messages,
+)
 from protocols.astm.events import (
     ContentionDetected,
     DuplicateFrameIgnored,
@@ -45,8 +56,12 @@ from protocols.astm.records import (
     encode_message,
     parse_value,
 )
+from protocols.astm.unframed import UnframedLink, UnframedState
 
 __all__ = [
+    "Capture",
+    "CaptureIssue",
+    "CaptureMessage",
     "ContentionDetected",
     "Delimiters",
     "DuplicateFrameIgnored",
@@ -71,9 +86,13 @@ __all__ = [
     "TransferAborted",
     "TransferEnded",
     "TransferStarted",
+    "UnframedLink",
+    "UnframedState",
     "checksum",
     "decode_message",
     "encode_message",
     "parse_value",
+    "read_capture",
+    "split_capture_messages",
     "split_text",
 ]

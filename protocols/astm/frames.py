@@ -13,6 +13,8 @@ The checksum is two upper-case hex digits, high nibble first [§6.3.3].
 On receive we are lenient where real analysers are (PROTOCOLS.md §1.5 and §5): the LF (and even
 the CR) after the checksum may be missing, and lower-case hex digits are accepted. A frame
 without an FN digit decodes with ``number=None`` so that the link can refuse it with a reason.
+A frame without checksum digits is refused unless ``checksum_required=False`` (the link's
+``lenient_frames`` option, for analysers such as the Maglumi that send none).
 
 `FrameReader` turns a byte stream, cut anywhere, into tokens (frames, control characters and
 runs of garbage). It belongs to the link; it is not part of the public API.
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 _HEX = frozenset(b"0123456789ABCDEFabcdef")
+_LINE_ENDS = (b"", CR, CR + LF, LF)  # what may follow the checksum (or ETX/ETB without one)
 _DIGITS = b"01234567"
 
 
@@ -90,9 +93,11 @@ class Frame:
         return STX + body + checksum(body) + CR + LF
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> Frame:
+    def from_bytes(cls, raw: bytes, *, checksum_required: bool = True) -> Frame:
         """Decode one frame, STX through CR LF (LF, CR optional; hex digits in either case).
 
+        With ``checksum_required=False`` a frame that ends right after its ETX/ETB (nothing, CR,
+        LF or CR LF follows) is accepted unchecked; checksum digits, when present, must match.
         Raises `RemoteProtocolError` saying what is wrong; a checksum mismatch says "checksum".
         """
         if not raw.startswith(STX):
@@ -102,16 +107,20 @@ class Frame:
             raise RemoteProtocolError("frame has no ETX or ETB")
         trailer = raw[end + 1 :]
         received = trailer[:2]
-        if len(received) < 2 or not _HEX.issuperset(received):
-            raise RemoteProtocolError(f"frame has no checksum digits after ETX/ETB: {received!r}")
-        if trailer[2:] not in (b"", CR, CR + LF, LF):
-            raise RemoteProtocolError(f"unexpected bytes after the checksum: {trailer[2:]!r}")
-        body = raw[1 : end + 1]
-        computed = checksum(body)
-        if received.upper() != computed:
-            raise RemoteProtocolError(
-                f"bad checksum: received {received.decode('ascii')}, computed {computed.decode()}"
-            )
+        if checksum_required or trailer not in _LINE_ENDS:
+            if len(received) < 2 or not _HEX.issuperset(received):
+                raise RemoteProtocolError(
+                    f"frame has no checksum digits after ETX/ETB: {received!r}"
+                )
+            if trailer[2:] not in _LINE_ENDS:
+                raise RemoteProtocolError(f"unexpected bytes after the checksum: {trailer[2:]!r}")
+            body = raw[1 : end + 1]
+            computed = checksum(body)
+            if received.upper() != computed:
+                raise RemoteProtocolError(
+                    f"bad checksum: received {received.decode('ascii')}, "
+                    f"computed {computed.decode()}"
+                )
         if raw[1:2] and raw[1] in _DIGITS:
             number: int | None = raw[1] - 0x30
             text = raw[2:end]
@@ -186,11 +195,13 @@ class FrameReader:
     the LF would dead-lock them). A frame longer than `max_frame` is not buffered: its first
     `max_frame` bytes are kept for the report and the rest is skipped up to its end.
     An STX, ENQ or EOT inside a frame ends it as garbage (the sender gave up, or it was noise)
-    and is then read on its own.
+    and is then read on its own. With ``checksum_required=False`` frames without checksum
+    digits decode (see `Frame.from_bytes`).
     """
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, *, checksum_required: bool = True) -> None:
         self._max_frame = max_frame
+        self._checksum_required = checksum_required
         self._buf = bytearray()
         self._scan = 0  # where to resume searching in _buf for the current item
         self._partial = False  # the last next_token() ran out of bytes inside an item
@@ -300,7 +311,8 @@ class FrameReader:
             reason = f"frame of {len(raw)} bytes exceeds {self._max_frame}"
             return FrameToken(raw[: self._max_frame], None, reason)
         try:
-            return FrameToken(raw, Frame.from_bytes(raw), None)
+            frame = Frame.from_bytes(raw, checksum_required=self._checksum_required)
+            return FrameToken(raw, frame, None)
         except RemoteProtocolError as exc:
             return FrameToken(raw, None, str(exc))
 

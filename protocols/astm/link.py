@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, auto
 
 from protocols.astm.constants import (
@@ -119,6 +119,15 @@ __all__ = ["Link", "LinkState", "Role", "Timers"]
 #   - anything else (the next frame, an ENQ...) is held back, unread, and handled after the
 #     reply is sent, in order. At most `max_frame` bytes are held; beyond that they are
 #     discarded as garbage (a conforming sender sends nothing before our reply).
+# Lenient receiving (`lenient_frames=True`, off by default). Some analysers send frames with no
+# FN digit and/or no checksum digits (the Maglumi: `STX text ETX CR LF`, PROTOCOLS.md §1.5).
+# Strictly, those are refused with NAK. With the option, a frame without checksum digits is
+# accepted unchecked (digits that are present must still match), and a frame without FN is
+# taken as the next expected one: nothing then tells a retransmission from a new frame, so
+# a frame resent after a lost ACK is delivered twice (its message shows up twice downstream).
+# Numbered frames keep the usual sequence checks; a frame without FN whose text starts with a
+# digit 0-7 reads as numbered (records start with a letter, so real traffic does not do that).
+#
 # The receive timer (30 s, §6.5) runs from the start of the transfer and from each reply; it
 # also bounds the wait for `acknowledge()`. When it expires the partial message is discarded
 # (`TransferAborted`) and the line is neutral. EOT (or ENQ) in the middle of a message also
@@ -248,7 +257,9 @@ class Link:
     `role` decides who yields on contention; `timers` defaults to LIS1-A's; messages we send
     are cut into frames of `max_text` text bytes; a frame is tried `max_retries` times (and a
     message transferred at most that many times); frames longer than `max_frame` bytes are
-    refused. Raises `LocalProtocolError` for impossible settings.
+    refused. `lenient_frames` accepts received frames without frame number or checksum (see
+    "Lenient receiving" above); leave it off unless an analyser needs it. Raises
+    `LocalProtocolError` for impossible settings.
     """
 
     def __init__(
@@ -258,6 +269,8 @@ class Link:
         max_text: int = MAX_TEXT,
         max_retries: int = MAX_RETRIES,
         max_frame: int = MAX_FRAME,
+        *,
+        lenient_frames: bool = False,
     ) -> None:
         if max_text < 1:
             raise LocalProtocolError(f"max_text must be at least 1, not {max_text}")
@@ -270,7 +283,8 @@ class Link:
         self.max_text = max_text
         self.max_retries = max_retries
         self.max_frame = max_frame
-        self._reader = FrameReader(max_frame)
+        self.lenient_frames = lenient_frames
+        self._reader = FrameReader(max_frame, checksum_required=not lenient_frames)
         self._events: deque[Event] = deque()
         self._out = bytearray()
         self._state = LinkState.NEUTRAL
@@ -398,6 +412,16 @@ class Link:
 
     # --- the machinery --------------------------------------------------------------------
 
+    def _handle_token(self, token: Token, now: float) -> None:
+        """Handle one token as if this link had read it from the stream.
+
+        For `capture.py` only, which cuts a recorded stream with its own `FrameReader` (in
+        `ReadMode.FRAMES`, the only mode a host that never sends reads in) to know where each
+        token lies; its events then come out at once, not when the next bytes arrive. A live
+        link reads its own bytes through `receive_data`."""
+        _TRANSITIONS.get((self._state, _classify(token)), Link._discard)(self, token, now)
+        self._process(now)
+
     def _process(self, now: float) -> None:
         """Read and handle tokens until the reader needs more bytes or a token must wait."""
         while True:
@@ -464,6 +488,10 @@ class Link:
     def _on_frame(self, token: Token, now: float) -> None:
         assert isinstance(token, FrameToken)
         frame = token.frame
+        if frame is not None and frame.number is None and self.lenient_frames:
+            # No FN: take it as the next frame (the expected FN never equals the last accepted
+            # one, so it cannot pass for a duplicate below).
+            frame = replace(frame, number=self._expected)
         if frame is None:
             self._reject(token.raw, token.error or "malformed frame", now)
         elif frame.number is None:

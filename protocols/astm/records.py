@@ -11,6 +11,10 @@ declared escape character in place of ``&``).
 Field numbers follow the standard, so field 1 is the record type itself: ``record.field(1)`` is
 ``"H"`` and ``record.field(2)`` of an H record is its delimiter definition, kept verbatim.
 Values are kept as received, space padding included; trimming is the driver's business.
+
+Decoding cuts each record into its fields and stops there: a field is split into repeats and
+components, and unescaped, when it is read (see `Record`). That keeps `decode_message` well
+over the 100,000 R records per second the daemon needs (benchmarks/astm_decode.py).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ Repeat = tuple[str, ...]
 Field = tuple[Repeat, ...]
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_EMPTY_FIELD: Field = (("",),)
 
 
 def _delimiter_problem(chars: tuple[str, str, str, str]) -> str | None:
@@ -80,6 +85,9 @@ class Delimiters:
         """
         if not line.startswith("H"):
             raise RemoteProtocolError(f"not an H record: {line[:20]!r}")
+        known = _KNOWN_DELIMITERS.get(line[1:5])
+        if known is not None and cls is Delimiters:
+            return known
         chars = tuple(line[1:5])
         if len(chars) != 4:
             raise RemoteProtocolError(f"H record too short to declare delimiters: {line[:20]!r}")
@@ -87,38 +95,100 @@ class Delimiters:
         problem = _delimiter_problem((field, repeat, component, escape))
         if problem:
             raise RemoteProtocolError(f"H record declares bad delimiters: {problem}")
-        return cls(field, repeat, component, escape)
+        delimiters = cls(field, repeat, component, escape)
+        if len(_KNOWN_DELIMITERS) < 64:  # an analyser uses one set: a few entries in practice
+            _KNOWN_DELIMITERS["".join(chars)] = delimiters
+        return delimiters
 
 
-@dataclass(frozen=True, slots=True)
+#: Delimiters already read from a header, by their four characters (they are immutable).
+_KNOWN_DELIMITERS: dict[str, Delimiters] = {}
+
+
+_set = object.__setattr__  # how a frozen object sets its own attributes
+
+
 class Record:
     """One record: its type and its fields, numbered as in the standard from 1.
 
     ``fields[0]`` is the record type (``(("R",),)``); the other fields are unescaped. Decoded
     records also keep each field's text as received, for `raw_field`; that text takes no
-    part in equality.
+    part in equality. Records are immutable, compared and hashed by type and fields.
+
+    A decoded record splits a field into repeats and components (and unescapes it) only when
+    it is read: `repeats`, `component` and `field` split the one field asked for, `fields`
+    splits them all once. A driver reads a handful of a record's fields, and decoding is the
+    hot path of the daemon (benchmarks/astm_decode.py). This is why `Record` is a small
+    hand-written class rather than a frozen dataclass like the other value types here: a
+    dataclass cannot compute a field on first use.
     """
 
-    type: str
-    fields: tuple[Field, ...]
-    raw_fields: tuple[str, ...] | None = dataclasses.field(default=None, compare=False, repr=False)
+    __slots__ = ("_delimiters", "_fields", "raw_fields", "type")
+    __match_args__ = ("type", "fields")
 
-    def __post_init__(self) -> None:
-        if not self.fields or self.fields[0] != ((self.type,),):
+    type: str  #: the record type: "H", "P", "O", "R", "C", "Q", "M", "S", "L"...
+    raw_fields: tuple[str, ...] | None  #: the fields as received; None for a built record
+    _fields: tuple[Field, ...] | None  # None until a decoded record's fields are all split
+    _delimiters: Delimiters | None  # how to split raw_fields; None once _fields is set
+
+    def __init__(
+        self, type: str, fields: tuple[Field, ...], raw_fields: tuple[str, ...] | None = None
+    ) -> None:
+        if not fields or fields[0] != ((type,),):
             raise LocalProtocolError(
-                f"fields[0] must be the record type (({self.type!r},),), not {self.fields[:1]!r}"
+                f"fields[0] must be the record type (({type!r},),), not {fields[:1]!r}"
             )
-        if not all(self.fields) or not all(all(field) for field in self.fields):
+        if not all(fields) or not all(all(field) for field in fields):
             raise LocalProtocolError("every field needs at least one repeat of one component")
+        _set(self, "type", type)
+        _set(self, "_fields", fields)
+        _set(self, "raw_fields", raw_fields)
+        _set(self, "_delimiters", None)
+
+    @classmethod
+    def _decoded(cls, raw_fields: tuple[str, ...], delimiters: Delimiters) -> Record:
+        """A record read from a message: well formed by construction, split on demand."""
+        record = object.__new__(cls)
+        _set(record, "type", raw_fields[0])
+        _set(record, "_fields", None)
+        _set(record, "raw_fields", raw_fields)
+        _set(record, "_delimiters", delimiters)
+        return record
+
+    @property
+    def fields(self) -> tuple[Field, ...]:
+        """Every field: a tuple of repeats, each a tuple of components."""
+        # _fields is set before _delimiters is cleared, so a record read from two threads at
+        # once always finds one of them.
+        d, raw = self._delimiters, self.raw_fields
+        if d is None or raw is None:
+            assert self._fields is not None
+            return self._fields
+        known: dict[str, Field] = {"": _EMPTY_FIELD}
+        fields = tuple(_split_field(self.type, n, text, d, known) for n, text in enumerate(raw, 1))
+        _set(self, "_fields", fields)
+        _set(self, "_delimiters", None)
+        return fields
 
     def repeats(self, n: int) -> tuple[Repeat, ...]:
         """The repeats of field `n` (1-based); empty if the record has no such field."""
         if n < 1:
             raise LocalProtocolError(f"field numbers start at 1, not {n}")
-        return self.fields[n - 1] if n <= len(self.fields) else ()
+        d, raw = self._delimiters, self.raw_fields
+        if d is None or raw is None:
+            fields = self.fields
+            return fields[n - 1] if n <= len(fields) else ()
+        return _split_field(self.type, n, raw[n - 1], d, None) if n <= len(raw) else ()
 
     def component(self, n: int, c: int) -> str:
         """Component `c` (1-based) of the first repeat of field `n`; "" if absent."""
+        d, raw = self._delimiters, self.raw_fields
+        if d is not None and raw is not None and 2 <= n <= len(raw) and c >= 1:
+            text = raw[n - 1]
+            if d.escape not in text and (n > 2 or self.type != "H"):
+                # Straight from the text: the common case, where the field holds no escape.
+                parts = text.partition(d.repeat)[0].split(d.component, c)
+                return parts[c - 1] if len(parts) >= c else ""
         if c < 1:
             raise LocalProtocolError(f"component numbers start at 1, not {c}")
         repeats = self.repeats(n)
@@ -143,6 +213,29 @@ class Record:
         if n > len(self.fields):
             return ""
         return _encode_field(self, n, Delimiters())
+
+    # --- value semantics, as a frozen dataclass has them --------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Record)
+        return self.type == other.type and self.fields == other.fields
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.fields))
+
+    def __repr__(self) -> str:
+        return f"Record(type={self.type!r}, fields={self.fields!r})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # pickle and copy: rebuilt whole
+        return (Record, (self.type, self.fields, self.raw_fields))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,21 +282,29 @@ def _escape(text: str, d: Delimiters) -> str:
     return "".join(sequences.get(c, c) for c in text)
 
 
-def _decode_record(line: str, d: Delimiters) -> Record:
-    raw_fields = tuple(line.split(d.field))
-    record_type = raw_fields[0]
-    fields: list[Field] = []
-    for n, raw in enumerate(raw_fields, start=1):
-        if _is_verbatim(record_type, n):
-            fields.append(((raw,),))
-        else:
-            fields.append(
-                tuple(
-                    tuple(_unescape(c, d) for c in repeat.split(d.component))
-                    for repeat in raw.split(d.repeat)
-                )
-            )
-    return Record(record_type, tuple(fields), raw_fields)
+def _split_field(
+    record_type: str, n: int, raw: str, d: Delimiters, known: dict[str, Field] | None
+) -> Field:
+    """Field `n` of a record from its text: repeats of components, unescaped (the record type
+    and H-2 are kept as they are). `known` remembers the fields split already."""
+    if _is_verbatim(record_type, n):
+        return ((raw,),)
+    if known is not None and (field := known.get(raw)) is not None:
+        return field
+    if d.escape in raw:
+        field = tuple(
+            tuple(_unescape(c, d) for c in repeat.split(d.component))
+            for repeat in raw.split(d.repeat)
+        )
+    elif d.repeat in raw:
+        field = tuple([tuple(r.split(d.component)) for r in raw.split(d.repeat)])
+    elif d.component in raw:
+        field = (tuple(raw.split(d.component)),)
+    else:
+        field = ((raw,),)
+    if known is not None:
+        known[raw] = field
+    return field
 
 
 def decode_message(text: bytes, encoding: str = "latin-1") -> Message:
@@ -218,13 +319,17 @@ def decode_message(text: bytes, encoding: str = "latin-1") -> Message:
         raise RemoteProtocolError(f"message is not valid {encoding}: {exc}") from exc
     except LookupError as exc:
         raise LocalProtocolError(f"unknown encoding {encoding!r}") from exc
-    lines = [line for line in _LINE_BREAK.split(decoded) if line.strip()]
+    split = decoded.split("\r") if "\n" not in decoded else _LINE_BREAK.split(decoded)
+    lines = [line for line in split if line.strip()]
     if not lines:
         raise RemoteProtocolError("message holds no records")
     if not lines[0].startswith("H"):
         raise RemoteProtocolError(f"message does not start with an H record: {lines[0][:20]!r}")
     delimiters = Delimiters.from_header(lines[0])
-    return Message(tuple(_decode_record(line, delimiters) for line in lines), delimiters)
+    # The fields are split when they are read (see `Record`): decoding only cuts the fields.
+    separator = delimiters.field
+    records = [Record._decoded(tuple(line.split(separator)), delimiters) for line in lines]
+    return Message(tuple(records), delimiters)
 
 
 def _encode_field(record: Record, n: int, d: Delimiters) -> str:

@@ -56,6 +56,21 @@ def test_decode_of_encode_gives_the_message_back(message: astm.Message) -> None:
 
 
 @FAST
+@given(messages(), st.integers(1, 14), st.integers(1, 5))
+def test_reading_one_component_gives_what_splitting_every_field_gives(
+    message: astm.Message, n: int, c: int
+) -> None:
+    text = astm.encode_message(message)
+    lazy, whole = astm.decode_message(text), astm.decode_message(text)
+    for one, every in zip(lazy.records, whole.records, strict=True):
+        fields = every.fields
+        first = fields[n - 1][0] if n <= len(fields) else ()
+        assert one.component(n, c) == (first[c - 1] if c <= len(first) else "")
+        assert one.repeats(n) == (fields[n - 1] if n <= len(fields) else ())
+        assert one == every
+
+
+@FAST
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_decode_to_a_message_or_a_remote_error(data: bytes) -> None:
     for text in (data, b"H|\\^&\r" + data):
@@ -128,15 +143,21 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
     st.integers(1, 300),
     st.lists(st.integers(0, 10_000), max_size=40),
     st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=3)), max_size=3),
+    st.booleans(),
 )
 def test_any_chunking_of_a_stream_gives_the_same_events(
-    texts: list[bytes], max_text: int, points: list[int], noise: list[tuple[int, bytes]]
+    texts: list[bytes],
+    max_text: int,
+    points: list[int],
+    noise: list[tuple[int, bytes]],
+    lenient: bool,
 ) -> None:
     stream = bytearray(framed_stream(texts, max_text))
     for position, junk in noise:  # noise and damage: the events must still not depend on cuts
         stream[position % len(stream) : position % len(stream)] = junk
-    whole = drive(astm.Link(astm.Role.HOST), [bytes(stream)])
-    assert drive(astm.Link(astm.Role.HOST), cut(bytes(stream), points)) == whole
+    whole = drive(astm.Link(astm.Role.HOST, lenient_frames=lenient), [bytes(stream)])
+    pieces = cut(bytes(stream), points)
+    assert drive(astm.Link(astm.Role.HOST, lenient_frames=lenient), pieces) == whole
     if not noise:
         assert message_texts(whole) == texts
 
@@ -164,11 +185,12 @@ _WIRE_PIECES = st.one_of(
     st.sampled_from(list(astm.Role)),
     st.lists(st.tuples(_WIRE_PIECES, st.floats(0, 40), st.sampled_from("aro")), max_size=40),
     st.booleans(),
+    st.booleans(),
 )
 def test_arbitrary_bytes_only_ever_produce_events(
-    role: astm.Role, steps: list[tuple[bytes, float, str]], queued: bool
+    role: astm.Role, steps: list[tuple[bytes, float, str]], queued: bool, lenient: bool
 ) -> None:
-    link = astm.Link(role, max_frame=64)
+    link = astm.Link(role, max_frame=64, lenient_frames=lenient)
     now = 0.0
     if queued:
         link.send_message(b"H|\\^&\rL|1\r", now)

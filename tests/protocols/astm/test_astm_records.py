@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
 from decimal import Decimal
 
 import pytest
@@ -195,8 +198,77 @@ def test_public_names_are_exported() -> None:
         "FrameRejected", "DuplicateFrameIgnored", "GarbageDiscarded", "MessageSent",
         "MessageFailed", "LinkBusy", "ContentionDetected", "InterruptRequested", "Event",
         "Delimiters", "Record", "Message", "decode_message", "encode_message", "parse_value",
-        "ParsedValue", "Field", "Repeat",
+        "ParsedValue", "Field", "Repeat", "UnframedLink", "UnframedState", "Capture",
+        "CaptureIssue", "CaptureMessage", "read_capture", "split_capture_messages",
     }  # fmt: skip
     assert set(astm.__all__) == expected
     for name in astm.__all__:
         assert getattr(astm, name) is not None
+
+
+# --- value semantics of decoded records (split on demand) ---------------------------------------
+
+
+def test_a_decoded_record_is_equal_to_the_same_record_built() -> None:
+    decoded = record(b"R|1|^^^GLU\\^^^NA|5.5&S&x|mmol/L")
+    built = astm.Record(
+        "R",
+        (
+            (("R",),),
+            (("1",),),
+            (("", "", "", "GLU"), ("", "", "", "NA")),
+            (("5.5^x",),),
+            (("mmol/L",),),
+        ),
+    )
+    assert decoded == built and hash(decoded) == hash(built)
+    assert {decoded: 1}[built] == 1
+    assert decoded != astm.Record("R", ((("R",),), (("2",),)))
+    assert decoded.__eq__("R") is NotImplemented
+    assert repr(decoded) == repr(built) == f"Record(type='R', fields={built.fields!r})"
+
+
+def test_records_are_immutable() -> None:
+    decoded = record(b"R|1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.type = "P"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del decoded.raw_fields
+    assert not hasattr(decoded, "__dict__")
+
+
+def test_records_survive_pickle_and_copy() -> None:
+    decoded = record(b"R|1|^^^GLU|5.5")
+    for clone in (pickle.loads(pickle.dumps(decoded)), copy.deepcopy(decoded), copy.copy(decoded)):
+        assert (
+            clone == decoded and clone.raw_field(3) == "^^^GLU" and clone.component(3, 4) == "GLU"
+        )
+
+
+def test_records_match_by_type_and_fields() -> None:
+    match record(b"R|1|^^^GLU"):
+        case astm.Record("R", fields):
+            assert fields[2] == (("", "", "", "GLU"),)
+        case _:
+            pytest.fail("no match")
+
+
+def test_reading_one_field_gives_what_all_fields_give() -> None:
+    text = b"H|\\^&|||X^1\rR|1|^^^GLU\\^^^NA|a&F&b^c&x|||\rL|1\r"
+    for lazy, whole in zip(
+        astm.decode_message(text).records, astm.decode_message(text).records, strict=True
+    ):
+        fields = whole.fields
+        for n in range(1, len(fields) + 3):
+            assert lazy.repeats(n) == (fields[n - 1] if n <= len(fields) else ())
+            for c in range(1, 6):
+                expected = (
+                    fields[n - 1][0][c - 1]
+                    if n <= len(fields) and c <= len(fields[n - 1][0])
+                    else ""
+                )
+                assert lazy.component(n, c) == expected
+    with pytest.raises(LocalProtocolError):
+        lazy.component(2, 0)
+    with pytest.raises(LocalProtocolError):
+        lazy.repeats(0)
