@@ -56,6 +56,11 @@ class Result:
     # QC results: the control material's level and lot as the analyser identified them.
     qc_level: str = ""
     qc_lot: str = ""
+    # How the analyser diluted the specimen for this result, as it wrote it ("" = not said;
+    # Sysmex "1" = neat), and whether it reports a rerun of the test on the same specimen:
+    # auto-validation carries both with the result (AUTOVERIFICATION.md §9.5).
+    dilution: str = ""
+    rerun: bool = False
 
 
 @dataclass(frozen=True, slots=True)
