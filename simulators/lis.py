@@ -1,13 +1,17 @@
 """A simulated LIS: an MLLP server that acknowledges HL7 results and keeps everything it got.
 
 Tests compare what it received with what the analyser sent; `make run` shows it filling a folder.
-Faults for tests: answer AE/AR instead of AA, answer late, or say nothing at all.
+Faults for tests: answer AE/AR instead of AA (always, or for the next answers in `ack_codes`),
+answer late, say nothing at all, or drop the connection without answering (once, after
+`drop_connection_after` messages).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +41,16 @@ class ReceivedMessage:
 
 
 class LisSimulator:
-    """MLLP server on 127.0.0.1. `ack_code`, `ack_delay` and `silent` may be changed at any time."""
+    """MLLP server on 127.0.0.1. `ack_code`, `ack_delay`, `silent`, `ack_codes` and
+    `drop_connection_after` may be changed at any time.
+
+    - `ack_codes`: codes for the next answers, in order (say ``["AE", "AE"]``: two errors);
+      once they are used up, every answer is `ack_code`.
+    - `drop_connection_after`: the message after that many received messages (counted from the
+      start, over every connection) gets no answer: its connection is closed instead. Once: the
+      setting then goes back to None. The message is kept in `received` with ``ack_code=None``.
+    - `on_message` is called with every `ReceivedMessage` (the CLI prints them).
+    """
 
     def __init__(
         self,
@@ -48,6 +61,9 @@ class LisSimulator:
         ack_code: str = "AA",
         ack_delay: float = 0.0,
         silent: bool = False,
+        ack_codes: Iterable[str] = (),
+        drop_connection_after: int | None = None,
+        on_message: Callable[[ReceivedMessage], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -55,6 +71,10 @@ class LisSimulator:
         self.ack_code = ack_code
         self.ack_delay = ack_delay
         self.silent = silent
+        self.ack_codes: deque[str] = deque(ack_codes)
+        self.drop_connection_after = drop_connection_after
+        self.dropped_connections = 0  #: connections closed by `drop_connection_after`
+        self.on_message = on_message
         self.received: list[ReceivedMessage] = []
         self._server: asyncio.Server | None = None
         self._arrived = asyncio.Condition()
@@ -104,7 +124,8 @@ class LisSimulator:
                 try:
                     framer.receive_data(data)
                     while (message := framer.next_message()) is not None:
-                        await self._answer(message, writer)
+                        if not await self._answer(message, writer):
+                            return
                 except RemoteProtocolError:
                     continue
         except (ConnectionError, OSError):
@@ -115,17 +136,32 @@ class LisSimulator:
                 self._handlers.discard(handler)
             writer.close()
 
-    async def _answer(self, message: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, message: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answer one message; False if the connection was dropped instead (a fault)."""
         now = datetime.now(UTC)
         try:
             parsed: ParsedOru | None = parse_oru(message)
             error = None
         except RemoteProtocolError as exc:
             parsed, error = None, str(exc)
-        code = None if self.silent else (self.ack_code if error is None else "AR")
-        if self.ack_delay:
+        drop = self.drop_connection_after is not None and (
+            len(self.received) >= self.drop_connection_after
+        )
+        if drop:
+            self.drop_connection_after = None
+            self.dropped_connections += 1
+            code = None
+        elif self.silent:
+            code = None
+        elif error is not None:
+            code = "AR"
+        else:
+            code = self.ack_codes.popleft() if self.ack_codes else self.ack_code
+        if self.ack_delay and not drop:
             await asyncio.sleep(self.ack_delay)
-        if code is not None:
+        if drop:
+            writer.transport.abort()
+        elif code is not None:
             ack = build_ack(message, code, f"LIS{next(self._ids):06d}", now, text=error or "")
             writer.write(mllp_frame(ack))
             await writer.drain()
@@ -137,3 +173,6 @@ class LisSimulator:
         async with self._arrived:
             self.received.append(record)
             self._arrived.notify_all()
+        if self.on_message is not None:
+            self.on_message(record)
+        return not drop

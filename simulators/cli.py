@@ -1,0 +1,293 @@
+"""Command line for the simulators (``labgate simulate ...`` and ``python -m simulators ...``).
+
+analyser --protocol astm (--tcp HOST:PORT | --serial PATH [--baud 9600])
+         (--replay FILE | --generate N [--results-per-message K]) [--interval S]
+         [--bit-flips P] [--drop-acks P] [--line-rate BPS] [--contention]
+         [--disconnect-after N] [--seed S] [--reconnect]
+    One JSON line per message sent, then a summary line. Exit 0 if every message was
+    acknowledged, 1 otherwise.
+
+lis --port P [--host H] [--received-dir D] [--ack AA|AE|AR] [--ack-sequence AE,AE]
+    [--ack-delay S] [--silent] [--drop-connection-after N]
+    A simulated LIS (HL7 over MLLP): one JSON line per message received, until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from protocols.hl7 import ACK_CODES
+from simulators.analyser import AnalyserSimulator, build_result_message, demo_results
+from simulators.connection import Endpoint, SerialEndpoint, TcpEndpoint
+from simulators.faults import Faults
+from simulators.lis import LisSimulator, ReceivedMessage
+from simulators.replay import messages_from_file, specimen_of
+
+__all__ = ["main"]
+
+_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
+
+
+def main(argv: list[str]) -> int:
+    """Run one simulator; returns the process exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        if args.command == "analyser":
+            return asyncio.run(_run_analyser(args))
+        return asyncio.run(_run_lis(args))
+    except KeyboardInterrupt:
+        # The coroutine has already been cancelled and has closed its connections.
+        return 0 if args.command == "lis" else _INTERRUPTED
+
+
+# --- analyser ----------------------------------------------------------------------------
+
+
+async def _run_analyser(args: argparse.Namespace) -> int:
+    try:
+        messages = _workload(args)
+        faults = Faults(
+            bit_flips=args.bit_flips,
+            drop_acks=args.drop_acks,
+            line_rate=args.line_rate,
+            contention=args.contention,
+            disconnect_after=args.disconnect_after,
+            seed=args.seed,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"simulate analyser: {exc}", file=sys.stderr)
+        return 2
+    endpoint: Endpoint = args.tcp or SerialEndpoint(args.serial, args.baud)
+    analyser = AnalyserSimulator(
+        endpoint=endpoint, faults=faults, reconnect=args.reconnect, max_text=args.max_text
+    )
+    try:
+        await analyser.connect()
+    except (OSError, TimeoutError) as exc:
+        print(f"simulate analyser: cannot open {endpoint}: {exc}", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    count = acknowledged = 0
+    try:
+        for number, (specimen, text) in enumerate(messages, 1):
+            if number > 1 and args.interval:
+                await asyncio.sleep(args.interval)
+            begin = time.monotonic()
+            ok = await analyser.send(text)
+            count += 1
+            acknowledged += ok
+            _emit(
+                message=number,
+                specimen=specimen,
+                acknowledged=ok,
+                seconds=round(time.monotonic() - begin, 4),
+            )
+    finally:
+        await analyser.close()
+        _emit(
+            summary={
+                "messages": count,
+                "acknowledged": acknowledged,
+                "failed": count - acknowledged,
+                "failed_transfers": analyser.failed,
+                "connections": analyser.connections,
+                "bytes_sent": analyser.bytes_out,
+                "seconds": round(time.monotonic() - started, 3),
+                "faults": faults.counts.as_dict(),
+            }
+        )
+    return 0 if acknowledged == count else 1
+
+
+def _workload(args: argparse.Namespace) -> Iterator[tuple[str | None, bytes]]:
+    """(specimen, message text) pairs: a replayed capture, or generated results."""
+    if args.replay is not None:
+        replayed = messages_from_file(args.replay)  # read now: errors before connecting
+        return ((specimen_of(text), text) for text in replayed)
+    return _generated(args.generate, args.results_per_message, random.Random(args.seed))
+
+
+def _generated(count: int, per_message: int, rng: random.Random) -> Iterator[tuple[str, bytes]]:
+    for number in range(1, count + 1):
+        specimen = f"SIM{number:07d}"
+        patient = f"PAT{rng.randint(1, 500):05d}"
+        yield specimen, build_result_message(specimen, patient, demo_results(per_message, rng))
+
+
+# --- LIS ---------------------------------------------------------------------------------
+
+
+async def _run_lis(args: argparse.Namespace) -> int:
+    def report(message: ReceivedMessage) -> None:
+        parsed = message.parsed
+        _emit(
+            received=len(lis.received),
+            control_id=parsed.control_id if parsed is not None else None,
+            observations=len(parsed.observations) if parsed is not None else 0,
+            ack=message.ack_code,
+            error=message.error,
+        )
+
+    lis = LisSimulator(
+        args.host,
+        args.port,
+        received_dir=args.received_dir,
+        ack_code=args.ack,
+        ack_delay=args.ack_delay,
+        silent=args.silent,
+        ack_codes=args.ack_sequence,
+        drop_connection_after=args.drop_connection_after,
+        on_message=report,
+    )
+    try:
+        port = await lis.start()
+    except OSError as exc:
+        print(f"simulate lis: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    _emit(listening=f"{args.host}:{port}", received_dir=args.received_dir)
+    try:
+        await asyncio.Event().wait()  # until Ctrl-C cancels us
+    finally:
+        await lis.close()
+    return 0
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+
+def _emit(**fields: Any) -> None:
+    print(json.dumps(fields, default=str), flush=True)
+
+
+def _tcp(text: str) -> TcpEndpoint:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return TcpEndpoint(host, int(port))
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _ack_code(text: str) -> str:
+    if text not in ACK_CODES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(sorted(ACK_CODES))}")
+    return text
+
+
+def _ack_codes(text: str) -> list[str]:
+    return [_ack_code(code.strip()) for code in text.split(",") if code.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labgate simulate",
+        description="Simulated analysers and LIS, with fault injection.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    analyser = commands.add_parser(
+        "analyser",
+        help="a simulated analyser sending results to labgate",
+        description="Send results as an ASTM analyser (E1381 instrument side) over TCP or serial.",
+    )
+    analyser.add_argument("--protocol", choices=["astm"], default="astm")
+    where = analyser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcp", metavar="HOST:PORT", type=_tcp, help="labgate's TCP port")
+    where.add_argument("--serial", metavar="PATH", help="serial port (or pty slave) path")
+    analyser.add_argument("--baud", type=int, default=9600, help="serial speed (default 9600)")
+    what = analyser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--replay", metavar="FILE", type=Path, help="send the messages of a capture")
+    what.add_argument("--generate", metavar="N", type=int, help="send N generated messages")
+    analyser.add_argument("--results-per-message", metavar="K", type=int, default=5)
+    analyser.add_argument(
+        "--interval", metavar="S", type=float, default=0.0, help="seconds between messages"
+    )
+    analyser.add_argument("--max-text", type=int, default=240, help="text bytes per frame")
+    faults = analyser.add_argument_group("faults")
+    faults.add_argument(
+        "--bit-flips",
+        metavar="P",
+        type=_probability,
+        default=0.0,
+        help="probability of flipping one bit in a frame (the host must NAK it)",
+    )
+    faults.add_argument(
+        "--drop-acks",
+        metavar="P",
+        type=_probability,
+        default=0.0,
+        help="probability of ignoring each ACK from the host (timers expire, messages resent)",
+    )
+    faults.add_argument(
+        "--line-rate",
+        metavar="BPS",
+        type=_positive_float,
+        help="pace outgoing bytes (bytes/s; 960 = 9600 baud 8N1)",
+    )
+    faults.add_argument(
+        "--contention",
+        action="store_true",
+        help="hold each message until the host sends ENQ (at most 5 s), then bid with ENQ too",
+    )
+    faults.add_argument(
+        "--disconnect-after",
+        metavar="N",
+        type=int,
+        help="drop the connection once after N bytes, then reconnect and resend",
+    )
+    faults.add_argument("--seed", type=int, help="seed for reproducible faults and workload")
+    analyser.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="reopen a connection the host closed and resend (default: count as failed)",
+    )
+
+    lis = commands.add_parser(
+        "lis",
+        help="a simulated LIS receiving labgate's HL7 results",
+        description="Listen for HL7 over MLLP and acknowledge, until Ctrl-C.",
+    )
+    lis.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
+    lis.add_argument("--host", default="127.0.0.1")
+    lis.add_argument("--received-dir", metavar="D", help="keep every message received here")
+    lis.add_argument("--ack", type=_ack_code, default="AA", help="answer code (default AA)")
+    lis.add_argument(
+        "--ack-sequence",
+        metavar="CODES",
+        type=_ack_codes,
+        default=[],
+        help="codes for the first answers, e.g. AE,AE (then --ack)",
+    )
+    lis.add_argument("--ack-delay", metavar="S", type=float, default=0.0)
+    lis.add_argument("--silent", action="store_true", help="never answer")
+    lis.add_argument(
+        "--drop-connection-after",
+        metavar="N",
+        type=int,
+        help="close the connection instead of answering the message after N messages (once)",
+    )
+    return parser
