@@ -36,10 +36,17 @@ from simulators.analyser import AnalyserSimulator, build_result_message, demo_re
 from simulators.lis import LisSimulator  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports nothing listens on (held open together while chosen, so
+    the OS cannot hand out the same one twice)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -100,9 +107,13 @@ async def _phases(
     return {"saturated": saturated, "paced": paced, "peak_rss_mib": _peak_rss_mib(pid)}
 
 
-async def _wait_port(port: int, timeout: float = 60) -> None:
+async def _wait_port(
+    port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process exited with {process.returncode} before listening")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
@@ -115,8 +126,7 @@ async def _wait_port(port: int, timeout: float = 60) -> None:
 async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     lis = LisSimulator()
     lis_port = await lis.start()
-    api_port = _free_port()
-    ports = [_free_port() for _ in range(args.analysers)]
+    api_port, *ports = _free_ports(args.analysers + 1)
     lines = [
         "store:",
         f"  url: sqlite:///{workdir / 'bench.db'}",
@@ -145,9 +155,14 @@ async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         stderr=subprocess.DEVNULL,
     )
     try:
-        await _wait_port(ports[-1])
-        await _wait_port(api_port)
-        return await _phases(ports, lis, args.messages, args.results, args.pace, daemon.pid)
+        await _wait_port(api_port, daemon)
+        figures = await _phases(ports, lis, args.messages, args.results, args.pace, daemon.pid)
+        health = json.loads(
+            await asyncio.to_thread(_get, f"http://127.0.0.1:{api_port}/api/health")
+        )
+        figures["errors"] = sum(c["errors"] for c in health["connections"])
+        figures["connections"] = len(health["connections"]) - 1  # less the LIS
+        return figures
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -157,20 +172,27 @@ async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any
 async def _run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     lis = LisSimulator()
     lis_port = await lis.start()
-    port = _free_port()
+    [port] = _free_ports(1)
     relay = subprocess.Popen(
         [sys.executable, str(ROOT / "benchmarks" / "baseline_relay.py"), str(port), str(lis_port)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
     )
     try:
-        await _wait_port(port)
+        await _wait_port(port, relay)
         ports = [port] * args.analysers
         return await _phases(ports, lis, args.messages, args.results, args.pace, relay.pid)
     finally:
         relay.terminate()
         relay.wait(30)
         await lis.close()
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def _ratio(a: float, b: float) -> float:

@@ -3,6 +3,8 @@
     labgate run --config FILE           run the daemon (and the demo simulators if FILE has them)
     labgate check-config FILE           validate a configuration; exit 0 if good, 2 if refused
     labgate status [--config FILE | --url URL]   ask a running daemon how it is
+    labgate astm decode FILE            print an ASTM capture as JSON lines, one per record
+    labgate simulate analyser|lis ...   run a simulated analyser or LIS (fault injection)
 
 Exit codes: 0 success, 1 the daemon or the request failed, 2 bad input (usage, configuration).
 """
@@ -136,6 +138,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _astm_decode(args: argparse.Namespace) -> int:
+    from middleware.tools.astm_decode import main as decode
+
+    return decode([args.file, "--encoding", args.encoding])
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulators.cli import main as simulate
+
+    return simulate(list(args.arguments))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labgate", description="Instrument middleware for medical laboratories."
@@ -155,6 +169,24 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
     check.set_defaults(handler=_check_config)
+
+    astm_tools = commands.add_parser("astm", help="tools for ASTM interfaces")
+    astm_commands = astm_tools.add_subparsers(dest="astm_command", required=True)
+    decode = astm_commands.add_parser(
+        "decode",
+        help="print a capture (framed or not, raw bytes or <STX>-style text) as JSON lines",
+    )
+    decode.add_argument("file")
+    decode.add_argument("--encoding", default="latin-1")
+    decode.set_defaults(handler=_astm_decode)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a simulated analyser or LIS (see: labgate simulate --help)",
+        add_help=False,
+    )
+    simulate.add_argument("arguments", nargs=argparse.REMAINDER)
+    simulate.set_defaults(handler=_simulate)
 
     status = commands.add_parser("status", help="show a running daemon's health")
     status.add_argument(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
@@ -23,8 +24,9 @@ from typing import Any
 import structlog
 import uvicorn
 
-from middleware.config.settings import Settings
+from middleware.config.settings import Settings, TcpServerTransport
 from middleware.health import ConnectionHealth, Health
+from middleware.io.links import describe, keep_open, serve_tcp
 from middleware.lis.sender import LisSender
 from middleware.sessions.astm import AstmSession
 from middleware.store import Store
@@ -75,6 +77,7 @@ class Gateway:
         self.started_at = datetime.now(UTC)
         self.ready = asyncio.Event()
         self.addresses: dict[str, tuple[str, int]] = {}
+        self.sessions: dict[str, AstmSession] = {}
         self.store: Store
 
     async def run(
@@ -94,26 +97,42 @@ class Gateway:
             )
             sender = LisSender(lis, self.store, self.health)
             for instrument in settings.instruments:
+                session = AstmSession(
+                    instrument,
+                    self.store,
+                    self.health,
+                    lis.name,
+                    sender.wake,
+                    gateway_name=settings.gateway,
+                )
+                self.sessions[instrument.name] = session
                 transport = instrument.transport
-                session = AstmSession(instrument, self.store, self.health, lis.name, sender.wake)
-                server = await asyncio.start_server(session.serve, transport.host, transport.port)
-                servers.append(server)
-                bound = server.sockets[0].getsockname()
-                self.addresses[instrument.name] = (bound[0], bound[1])
-                self.health.add(
-                    ConnectionHealth(
-                        instrument.name,
-                        instrument.protocol,
-                        transport.type,
-                        f"{bound[0]}:{bound[1]}",
-                        state="listening",
+                health = ConnectionHealth(
+                    instrument.name, instrument.protocol, transport.type, describe(transport)
+                )
+                self.health.add(health)
+                if isinstance(transport, TcpServerTransport):
+                    server = await serve_tcp(transport, session.serve)
+                    servers.append(server)
+                    bound = server.sockets[0].getsockname()
+                    self.addresses[instrument.name] = (bound[0], bound[1])
+                    health.address = f"{bound[0]}:{bound[1]}"
+                    self.health.set_state(instrument.name, "listening")
+                    log.info(
+                        "instrument_listening", instrument=instrument.name, address=health.address
                     )
-                )
-                log.info(
-                    "instrument_listening",
-                    instrument=instrument.name,
-                    address=f"{bound[0]}:{bound[1]}",
-                )
+                else:
+                    # labgate opens this link itself and keeps it open.
+                    session.idle_state = "disconnected"
+                    name = instrument.name
+                    opener = keep_open(
+                        name,
+                        transport,
+                        session.serve,
+                        functools.partial(self.health.set_state, name),
+                    )
+                    tasks.append(asyncio.create_task(opener, name=f"link-{name}"))
+                    log.info("instrument_opening", instrument=name, address=health.address)
             api_socket = socket.create_server((settings.api.host, settings.api.port))
             self.addresses["api"] = api_socket.getsockname()[:2]
             api = _ApiServer(
@@ -148,7 +167,8 @@ class Gateway:
             await asyncio.gather(*tasks, return_exceptions=True)
             for server in servers:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(server.wait_closed(), 5)
+                    async with asyncio.timeout(5):
+                        await server.wait_closed()
             await asyncio.to_thread(self.store.close)
             self.state = "stopped"
             log.info("gateway_stopped")

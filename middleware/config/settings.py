@@ -21,9 +21,12 @@ __all__ = [
     "InstrumentSettings",
     "LisSettings",
     "LisSimulatorSettings",
+    "SerialTransport",
     "Settings",
     "StoreSettings",
+    "TcpClientTransport",
     "TcpServerTransport",
+    "Transport",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -58,6 +61,51 @@ class TcpServerTransport(_Model):
     _host = field_validator("host")(_check_loopback_or_any)
 
 
+class ReconnectSettings(_Model):
+    """Backoff between attempts to (re)open a link labgate opens itself (TCP client, serial)."""
+
+    initial: PositiveFloat = 1.0
+    maximum: PositiveFloat = 30.0
+
+
+class TcpClientTransport(_Model):
+    """labgate connects out to an analyser that listens (some vendors' only TCP mode)."""
+
+    type: Literal["tcp-client"]
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+    connect_timeout: PositiveFloat = 10.0
+    reconnect: ReconnectSettings = ReconnectSettings()
+
+    _host = field_validator("host")(_check_loopback_or_any)
+
+
+class SerialTransport(_Model):
+    """An RS-232 line (LIS1-A §5: 8N1 at 9600 baud is the default every device must offer)."""
+
+    type: Literal["serial"]
+    port: str  # /dev/ttyS0, /dev/ttyUSB0, /dev/serial/by-id/...
+    baudrate: Literal[300, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["none", "even", "odd"] = "none"
+    stopbits: Literal[1, 2] = 1
+    # LIS1-A defines no hardware handshake (§5.3.1); some cables and converters need one.
+    flow_control: Literal["none", "rtscts", "xonxoff"] = "none"
+    reconnect: ReconnectSettings = ReconnectSettings()
+
+    @field_validator("port")
+    @classmethod
+    def _device_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be a device path such as /dev/ttyS0")
+        return value
+
+
+Transport = Annotated[
+    TcpServerTransport | TcpClientTransport | SerialTransport, Field(discriminator="type")
+]
+
+
 class AstmTimers(_Model):
     """E1381 timers in seconds (LIS1-A §6.5.2); defaults are the standard's."""
 
@@ -68,14 +116,21 @@ class AstmTimers(_Model):
 
 
 class AstmInstrumentSettings(_Model):
-    """An analyser speaking ASTM E1394 records over E1381 framing."""
+    """An analyser speaking ASTM E1394 records, framed by E1381 or, for the instruments that
+    offer nothing better, unframed over TCP."""
 
     name: str
     protocol: Literal["astm"]
     driver: str = "generic-astm"
-    transport: TcpServerTransport
+    transport: Transport
+    framing: Literal["e1381", "unframed"] = "e1381"
+    # Unframed only: answer each message with a bare ACK byte (some vendors expect it).
+    unframed_ack: bool = False
     encoding: str = "latin-1"
     timers: AstmTimers = AstmTimers()
+    # A message identical to one stored from this analyser within this many hours is the
+    # analyser resending after a lost ACK: acknowledged again, not stored twice.
+    duplicate_window_hours: Annotated[float, Field(ge=0)] = 24.0
     poc: bool = False
 
     _name = field_validator("name")(_check_name)
@@ -201,7 +256,17 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
             )
         seen.add(instrument.name)
     if settings.demo is not None:
+        listening = {
+            i.name for i in settings.instruments if isinstance(i.transport, TcpServerTransport)
+        }
         for index, simulator in enumerate(settings.demo.analysers):
+            if simulator.instrument in seen and simulator.instrument not in listening:
+                problems.append(
+                    (
+                        ("demo", "analysers", index, "instrument"),
+                        f"{simulator.instrument!r} must use a tcp-server transport for the demo",
+                    )
+                )
             if simulator.instrument not in seen:
                 problems.append(
                     (

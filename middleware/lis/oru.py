@@ -80,14 +80,15 @@ def _observation(
     note = f"labgate: {decision}" + (f" ({', '.join(reasons)})" if reasons else "")
     return ObservationOut(
         set_id=index,
-        code=result.test_code,
+        # The LIS's own code after the driver's transcoding table (GBUI XIV), if it has one.
+        code=result.lis_code or result.test_code,
         text=result.test_name or result.test_code,
         coding_system="L",
         value=result.value,
         value_type="NM" if result.numeric is not None and result.comparator is None else "ST",
         units=result.units,
         reference_range=result.reference_range,
-        abnormal_flags=result.flags,
+        abnormal_flags=result.normalized_flags or result.flags,
         status=_OBX_STATUS.get(result.status, "F"),
         observed_at=result.measured_at,
         producer=result.instrument,

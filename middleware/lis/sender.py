@@ -95,7 +95,10 @@ class LisSender:
         timeout = None if due is None else max(0.0, (due - datetime.now(UTC)).total_seconds())
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # lands as the event is set, and the daemon would then never stop.
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         except TimeoutError:
             pass
 
@@ -166,7 +169,8 @@ class LisSender:
             reader, writer = await self._connect()
             writer.write(mllp_frame(payload))
             await writer.drain()
-            raw = await asyncio.wait_for(self._read_message(reader), settings.ack_timeout)
+            async with asyncio.timeout(settings.ack_timeout):
+                raw = await self._read_message(reader)
         except TimeoutError:
             await self._close()
             raise _NoAck(f"no acknowledgement within {settings.ack_timeout:g} s") from None
@@ -189,9 +193,8 @@ class LisSender:
         if self._writer is not None and self._reader is not None and not self._writer.is_closing():
             return self._reader, self._writer
         settings = self.settings
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(settings.host, settings.port), settings.connect_timeout
-        )
+        async with asyncio.timeout(settings.connect_timeout):
+            reader, writer = await asyncio.open_connection(settings.host, settings.port)
         self._reader, self._writer, self._framer = reader, writer, MllpFramer()
         self.health.set_state(settings.name, "connected")
         log.info("lis_connected", address=f"{settings.host}:{settings.port}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,10 +21,11 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from drivers.models import Patient, Result, SpecimenReport
+from drivers.models import Order, Patient, Result, SpecimenReport
 from middleware.store import migrate
 from middleware.store.tables import (
     MessageRow,
+    OrderRow,
     OutboxRow,
     ResultRow,
     SpecimenRow,
@@ -80,6 +81,7 @@ class IncomingMessage:
     decisions: tuple[tuple[str, tuple[str, ...]], ...]
     lis: str
     forward: bool = True
+    content_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,7 @@ class Store:
                     raw=incoming.raw,
                     status="stored",
                     error=None,
+                    content_hash=incoming.content_hash,
                 )
             )
             decisions = iter(incoming.decisions)
@@ -232,6 +235,21 @@ class Store:
                 outbox_id = outbox.id
         return outbox_id
 
+    def find_duplicate(self, connection: str, content_hash: str, since: datetime) -> str | None:
+        """The id of a message with the same content stored from this connection since `since`:
+        the analyser is resending after losing our ACK (LIS1-A §6.5.1.2 retransmits in full)."""
+        with self._sessions() as session:
+            return session.scalar(
+                select(MessageRow.message_id)
+                .where(
+                    MessageRow.connection == connection,
+                    MessageRow.content_hash == content_hash,
+                    MessageRow.received_at >= since,
+                    MessageRow.status == "stored",
+                )
+                .limit(1)
+            )
+
     def save_refused(self, connection: str, message_id: str, raw: bytes, reason: str) -> None:
         """Keep a message that could not be decoded or mapped, with why (never dropped silently)."""
         with self._sessions.begin() as session:
@@ -270,6 +288,94 @@ class Store:
                     detail=detail,
                 )
             )
+
+    # --- orders ------------------------------------------------------------------------------
+
+    def add_order(self, order: Order, instrument: str = "") -> int:
+        """Keep an order until an analyser asks for it or it is downloaded."""
+        with self._sessions.begin() as session:
+            row = OrderRow(
+                specimen_id=order.specimen_id,
+                instrument=instrument,
+                patient_id=order.patient.patient_id,
+                family_name=order.patient.family_name,
+                given_name=order.patient.given_name,
+                birth_date=order.patient.birth_date.isoformat() if order.patient.birth_date else "",
+                sex=order.patient.sex,
+                tests=list(order.tests),
+                priority=order.priority,
+                action=order.action,
+                collected_at=order.collected_at,
+                created_at=now_utc(),
+                state="pending",
+                sent_at=None,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def orders_for(self, specimen_ids: Sequence[str], instrument: str) -> list[tuple[int, Order]]:
+        """Orders not cancelled for these specimens that this analyser may run, oldest first."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(OrderRow)
+                .where(
+                    OrderRow.specimen_id.in_(list(specimen_ids)),
+                    OrderRow.state != "cancelled",
+                    OrderRow.instrument.in_(["", instrument]),
+                )
+                .order_by(OrderRow.id)
+            ).all()
+            return [(row.id, _order_model(row)) for row in rows]
+
+    def pending_downloads(self, instrument: str) -> list[tuple[int, Order]]:
+        """Orders addressed to this analyser and not yet sent to it."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(OrderRow)
+                .where(OrderRow.instrument == instrument, OrderRow.state == "pending")
+                .order_by(OrderRow.id)
+            ).all()
+            return [(row.id, _order_model(row)) for row in rows]
+
+    def mark_orders_sent(self, order_ids: Sequence[int], at: datetime) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(OrderRow)
+                .where(OrderRow.id.in_(list(order_ids)), OrderRow.state == "pending")
+                .values(state="sent", sent_at=at)
+            )
+
+    def mark_orders_refused(self, order_ids: Sequence[int], reason: str) -> None:
+        """Orders the analyser's driver cannot express: kept, never sent, shown with why."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(OrderRow)
+                .where(OrderRow.id.in_(list(order_ids)), OrderRow.state == "pending")
+                .values(state="refused", error=reason)
+            )
+
+    def list_orders(self, specimen_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Orders as plain data for the API, newest first."""
+        with self._sessions() as session:
+            query = select(OrderRow).order_by(OrderRow.id.desc()).limit(limit)
+            if specimen_id:
+                query = query.where(OrderRow.specimen_id == specimen_id)
+            return [
+                {
+                    "id": row.id,
+                    "specimen_id": row.specimen_id,
+                    "instrument": row.instrument,
+                    "tests": list(row.tests),
+                    "priority": row.priority,
+                    "action": row.action,
+                    "state": row.state,
+                    "error": row.error,
+                    "created_at": utc(row.created_at).isoformat(),  # type: ignore[union-attr]
+                    "sent_at": row.sent_at and utc(row.sent_at).isoformat(),  # type: ignore[union-attr]
+                }
+                for row in session.scalars(query)
+            ]
 
     # --- to the LIS -----------------------------------------------------------------------
 
@@ -467,6 +573,29 @@ def _result_row(
         decision=decision,
         reasons=list(reasons),
         delivered_at=None,
+        lis_code=result.lis_code,
+        normalized_flags=list(result.normalized_flags),
+        qc_level=result.qc_level,
+        qc_lot=result.qc_lot,
+        dilution=result.dilution,
+        rerun=result.rerun,
+    )
+
+
+def _order_model(row: OrderRow) -> Order:
+    return Order(
+        specimen_id=row.specimen_id,
+        patient=Patient(
+            patient_id=row.patient_id,
+            family_name=row.family_name,
+            given_name=row.given_name,
+            birth_date=datetime.fromisoformat(row.birth_date).date() if row.birth_date else None,
+            sex=row.sex,
+        ),
+        tests=tuple(row.tests),
+        priority=row.priority,
+        collected_at=utc(row.collected_at),
+        action=row.action,
     )
 
 
@@ -489,4 +618,10 @@ def _result_model(row: ResultRow) -> Result:
         sequence=row.sequence,
         comments=tuple(row.comments),
         is_qc=row.is_qc,
+        lis_code=row.lis_code,
+        normalized_flags=tuple(row.normalized_flags),
+        qc_level=row.qc_level,
+        qc_lot=row.qc_lot,
+        dilution=row.dilution,
+        rerun=row.rerun,
     )

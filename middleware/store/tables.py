@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Base",
     "MessageRow",
+    "OrderRow",
     "OutboxRow",
     "ResultRow",
     "SpecimenRow",
@@ -53,6 +54,10 @@ class MessageRow(Base):
     # stored: decoded and its results kept; refused: kept with the reason, nothing forwarded.
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the E1394 text: an analyser resending a message after a lost ACK is recognised.
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_messages_duplicate", "connection", "content_hash"),)
 
 
 class SpecimenRow(Base):
@@ -99,6 +104,12 @@ class ResultRow(Base):
     decision: Mapped[str] = mapped_column(String(16))
     reasons: Mapped[list[str]] = mapped_column(JSON)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lis_code: Mapped[str] = mapped_column(String(64), default="")
+    normalized_flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    qc_level: Mapped[str] = mapped_column(String(32), default="")
+    qc_lot: Mapped[str] = mapped_column(String(64), default="")
+    dilution: Mapped[str] = mapped_column(String(32), default="")
+    rerun: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class OutboxRow(Base):
@@ -140,6 +151,34 @@ class TransmissionRow(Base):
     ack_code: Mapped[str | None] = mapped_column(String(2))
     ack_control_id: Mapped[str | None] = mapped_column(String(64))
     acked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class OrderRow(Base):
+    """Tests requested for a specimen, to download to an analyser or to answer its query.
+
+    Until the HL7 issue brings orders from the LIS, they come from the API (`POST /api/orders`).
+    `instrument` empty = any analyser may be given this order."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    specimen_id: Mapped[str] = mapped_column(String(64), index=True)
+    instrument: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    family_name: Mapped[str] = mapped_column(String(128))
+    given_name: Mapped[str] = mapped_column(String(128))
+    birth_date: Mapped[str] = mapped_column(String(10))
+    sex: Mapped[str] = mapped_column(String(8))
+    tests: Mapped[list[str]] = mapped_column(JSON)
+    priority: Mapped[str] = mapped_column(String(2))
+    action: Mapped[str] = mapped_column(String(2))
+    collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # pending: not yet given to an analyser; sent: downloaded or given in a query answer;
+    # cancelled: withdrawn before it was sent; refused: the analyser's driver cannot express it.
+    state: Mapped[str] = mapped_column(String(16))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
 
 

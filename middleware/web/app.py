@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from middleware.web.schemas import OrderIn
 
 if TYPE_CHECKING:
     from middleware.gateway import Gateway
@@ -37,6 +39,23 @@ def create_app(gateway: Gateway) -> FastAPI:
             "outbox_depth": depth,
             "connections": [c.as_dict() for c in gateway.health.connections.values()],
         }
+
+    @app.post("/api/orders", status_code=201)
+    async def create_order(order: OrderIn) -> dict[str, Any]:
+        """Keep an order for a specimen: answered to the analyser's query, or downloaded to
+        `instrument` at once when it is given (until the LIS sends orders over HL7)."""
+        if order.instrument and order.instrument not in gateway.sessions:
+            raise HTTPException(status_code=422, detail=f"no instrument named {order.instrument!r}")
+        order_id = await gateway.store.run(
+            gateway.store.add_order, order.to_model(), order.instrument
+        )
+        if order.instrument:
+            gateway.sessions[order.instrument].orders_waiting()
+        return {"id": order_id, "specimen_id": order.specimen_id, "state": "pending"}
+
+    @app.get("/api/orders")
+    async def list_orders(specimen_id: str | None = None) -> list[dict[str, Any]]:
+        return await gateway.store.read(gateway.store.list_orders, specimen_id)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -101,3 +101,57 @@ def test_unreadable_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(tmp_path / "missing.yaml")
     assert "cannot read" in str(info.value)
+
+
+def test_serial_and_tcp_client_transports_validate() -> None:
+    text = """\
+lis:
+  port: 2575
+instruments:
+  - name: xn-550
+    protocol: astm
+    framing: e1381
+    transport:
+      type: serial
+      port: /dev/ttyUSB0
+      baudrate: 9600
+      parity: none
+      flow_control: rtscts
+  - name: dxh
+    protocol: astm
+    framing: unframed
+    unframed_ack: true
+    transport:
+      type: tcp-client
+      host: 10.0.0.5
+      port: 5100
+"""
+    serial, client = load_settings_text(text).instruments
+    assert serial.transport.type == "serial" and serial.transport.baudrate == 9600
+    assert client.transport.type == "tcp-client" and client.framing == "unframed"
+    assert client.transport.reconnect.maximum == 30.0
+
+
+def test_serial_line_settings_are_checked() -> None:
+    text = GOOD.replace(
+        "      type: tcp-server\n      port: 5001\n",
+        "      type: serial\n      port: ttyS0\n      baudrate: 9601\n",
+    )
+    problems = {(line, field) for line, field, _ in _problems(text)}
+    assert problems == {
+        (8, "instruments[0].transport.port"),
+        (9, "instruments[0].transport.baudrate"),
+    }
+
+
+def test_demo_analyser_needs_a_listening_instrument() -> None:
+    text = (
+        GOOD.replace(
+            "      type: tcp-server\n      port: 5001\n",
+            "      type: tcp-client\n      host: 127.0.0.1\n      port: 5001\n",
+        )
+        + "demo:\n  analysers:\n    - instrument: chem-1\n"
+    )
+    [(line, field, message)] = _problems(text)
+    assert (line, field) == (12, "demo.analysers[0].instrument")
+    assert "tcp-server" in message

@@ -157,3 +157,72 @@ async def test_database_errors_surface_as_store_unavailable(store: Store) -> Non
     await store.run(store.save_message, _incoming(1))
     with pytest.raises(StoreUnavailable):
         await store.run(store.save_message, _incoming(1))
+
+
+def test_a_resent_message_is_found_by_its_content_within_the_window(store: Store) -> None:
+    from dataclasses import replace
+
+    store.save_message(replace(_incoming(1), content_hash="abc"))
+    assert store.find_duplicate("chem-1", "abc", NOW - timedelta(hours=1)) == "m1"
+    assert store.find_duplicate("chem-1", "abc", NOW + timedelta(seconds=1)) is None  # too old
+    assert store.find_duplicate("chem-2", "abc", NOW - timedelta(hours=1)) is None
+    assert store.find_duplicate("chem-1", "other", NOW - timedelta(hours=1)) is None
+
+
+def test_orders_are_found_for_their_analyser_and_sent_once(store: Store) -> None:
+    from drivers.models import Order
+
+    anyone = store.add_order(Order("S1", Patient("P1", "DUPONT"), ("GLU", "CREA")))
+    chem = store.add_order(Order("S2", Patient("P2"), ("K",)), "chem-1")
+    other = store.add_order(Order("S1", Patient("P1"), ("NA",)), "chem-2")
+    found = store.orders_for(["S1", "S2"], "chem-1")
+    assert [order_id for order_id, _ in found] == [anyone, chem]
+    assert found[0][1].tests == ("GLU", "CREA") and found[0][1].patient.family_name == "DUPONT"
+    assert [order_id for order_id, _ in store.pending_downloads("chem-1")] == [chem]
+    store.mark_orders_sent([chem], NOW)
+    assert store.pending_downloads("chem-1") == []
+    assert [o["state"] for o in store.list_orders("S2")] == ["sent"]
+    assert other not in [order_id for order_id, _ in store.orders_for(["S1"], "chem-1")]
+
+
+def test_upgrading_a_database_with_results_keeps_them(tmp_path: Path) -> None:
+    """A gateway that ran the first schema keeps every row through later migrations."""
+    from alembic import command
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = migrate.alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            sa.text(
+                "insert into messages (message_id, connection, protocol, received_at, raw, status)"
+                " values ('m1', 'chem-1', 'astm', '2026-01-01', x'02', 'stored')"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "insert into specimens (message_id, instrument, specimen_id, patient_id,"
+                " family_name, given_name, birth_date, sex, is_qc)"
+                " values ('m1', 'chem-1', 'S1', 'P1', '', '', '', '', 0)"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "insert into results (specimen_row_id, message_id, instrument, specimen_id,"
+                " sequence, test_code, test_name, value, units, reference_range, flags, status,"
+                " comments, is_qc, decision, reasons) values (1, 'm1', 'chem-1', 'S1', 1, 'GLU',"
+                " '', '5.1', '', '', '[]', 'F', '[]', 0, 'held', '[\"no_rule\"]')"
+            )
+        )
+    engine.dispose()
+    store = Store.open(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        assert migrate.current_revision(store.engine) == migrate.head_revision()
+        with store.engine.connect() as connection:
+            row = connection.execute(
+                sa.text("select value, lis_code, normalized_flags, rerun from results")
+            ).one()
+        assert (row.value, row.lis_code, row.normalized_flags, row.rerun) == ("5.1", "", "[]", 0)
+    finally:
+        store.close()

@@ -1,0 +1,1 @@
+"""Transports: the only code that knows a serial line from a TCP socket."""
