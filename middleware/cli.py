@@ -144,12 +144,6 @@ def _astm_decode(args: argparse.Namespace) -> int:
     return decode([args.file, "--encoding", args.encoding])
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from simulators.cli import main as simulate
-
-    return simulate(list(args.arguments))
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labgate", description="Instrument middleware for medical laboratories."
@@ -180,13 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--encoding", default="latin-1")
     decode.set_defaults(handler=_astm_decode)
 
-    simulate = commands.add_parser(
-        "simulate",
-        help="run a simulated analyser or LIS (see: labgate simulate --help)",
-        add_help=False,
-    )
-    simulate.add_argument("arguments", nargs=argparse.REMAINDER)
-    simulate.set_defaults(handler=_simulate)
+    # Listed for --help only: main() hands `simulate ...` to simulators/cli.py as it is.
+    commands.add_parser("simulate", help="run a simulated analyser or LIS (labgate simulate -h)")
 
     status = commands.add_parser("status", help="show a running daemon's health")
     status.add_argument(
@@ -199,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        # The simulators have their own command line (simulators/cli.py); pass it all through.
+        from simulators.cli import main as simulate
+
+        return simulate(argv[1:])
     args = _parser().parse_args(argv)
     return int(args.handler(args))
 

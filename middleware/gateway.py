@@ -80,6 +80,21 @@ class Gateway:
         self.sessions: dict[str, AstmSession] = {}
         self.store: Store
 
+    @staticmethod
+    async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for `stop`; a task that ends normally (a demo analyser that sent its count) is
+        fine, one that fails stops the daemon with its error."""
+        stopper = asyncio.create_task(stop.wait())
+        running = {stopper, *tasks}
+        try:
+            while not stopper.done():
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stopper and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            stopper.cancel()
+
     async def run(
         self,
         stop: asyncio.Event,
@@ -151,12 +166,7 @@ class Gateway:
                 version=self.version,
                 api="http://{}:{}".format(*self.addresses["api"]),
             )
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await self._until_stopped(stop, tasks)
         finally:
             self.state = "stopping"
             log.info("gateway_stopping")

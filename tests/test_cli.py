@@ -48,3 +48,25 @@ def test_status_without_a_daemon_says_so() -> None:
     result = labgate("status", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "no daemon answering" in result.stderr
+
+
+def test_astm_decode_prints_json_lines_and_exit_codes() -> None:
+    import json
+
+    good = labgate("astm", "decode", "tests/data/corpus/astm-pentra-xlr-1.astm")
+    assert good.returncode == 0, good.stderr
+    records = [json.loads(line) for line in good.stdout.splitlines()]
+    assert records[0]["type"] == "H" and records[-1]["type"] == "L"
+    assert any(r.get("type") == "R" and r["raw"].startswith("R|") for r in records)
+    bad = labgate("astm", "decode", "tests/data/corpus/astm-mindray-bs240-1.txt")
+    assert bad.returncode == 1
+    errors = [json.loads(line) for line in bad.stdout.splitlines() if '"error"' in line]
+    assert len(errors) == 27 and all(isinstance(e["offset"], int) for e in errors)
+    missing = labgate("astm", "decode", "tests/data/corpus/no-such-file.astm")
+    assert missing.returncode == 2
+
+
+def test_simulate_is_reachable_from_labgate() -> None:
+    result = labgate("simulate", "analyser", "--help")
+    assert result.returncode == 0
+    assert "--drop-acks" in result.stdout and "--replay" in result.stdout

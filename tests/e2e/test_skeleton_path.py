@@ -265,3 +265,23 @@ async def test_records_acknowledged_without_an_l_record_are_kept_when_the_analys
     [received] = await running.lis.wait_for(1)
     assert received.parsed is not None
     assert [o.specimen_id for o in received.parsed.observations] == ["SPEC-NOL", "SPEC-NOL"]
+
+
+async def test_daemon_keeps_running_when_a_side_task_ends_normally(tmp_path: Path) -> None:
+    """A demo whose analysers have sent their count ends; the daemon must not stop with it."""
+    lis = LisSimulator()
+    settings = load_settings_text(gateway_config(tmp_path / "x.db", lis_port=await lis.start()))
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+
+    async def finishes_at_once(_: Gateway) -> None:
+        return None
+
+    task = asyncio.create_task(gateway.run(stop, finishes_at_once))
+    await asyncio.wait_for(gateway.ready.wait(), 10)
+    await asyncio.sleep(0.3)
+    assert not task.done() and gateway.state == "running"
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert gateway.state == "stopped"
+    await lis.close()
