@@ -14,7 +14,7 @@ from drivers.engine import ProfileDriver
 from drivers.generic_astm import GenericAstmDriver
 from drivers.profile import ProfileError, load_profile_file
 
-__all__ = ["DEFAULT", "PROFILES", "ProfileError", "get", "load_profile", "names"]
+__all__ = ["DEFAULT", "PROFILES", "ProfileError", "get", "load_profile", "names", "resolve"]
 
 #: The driver an instrument gets when its configuration names none.
 DEFAULT = GenericAstmDriver.name
@@ -52,3 +52,14 @@ def load_profile(path: str | Path) -> ProfileDriver:
     path = Path(path)
     profile = load_profile_file(path, search=PROFILES)
     return ProfileDriver(profile)
+
+
+def is_profile_path(value: str) -> bool:
+    """A configuration's `driver` may name a shipped driver or a lab's own profile file."""
+    return value.endswith((".yaml", ".yml"))
+
+
+def resolve(value: str) -> AstmDriver:
+    """The driver a configuration's `driver` value means: a shipped name, or a profile file
+    (read anew each time, so an edited file is seen at the next start or reload)."""
+    return load_profile(value) if is_profile_path(value) else get(value)

@@ -151,8 +151,18 @@ class AstmInstrumentSettings(_Model):
     def _known_driver(cls, value: str) -> str:
         from drivers import registry
 
+        if registry.is_profile_path(value):
+            # A lab's own analyser profile (relative paths: from where labgate is started).
+            try:
+                registry.resolve(value)
+            except (OSError, registry.ProfileError) as exc:
+                raise ValueError(f"profile {value!r} refused: {exc}") from None
+            return value
         if value not in registry.names():
-            raise ValueError(f"unknown driver {value!r}; known: {', '.join(registry.names())}")
+            raise ValueError(
+                f"unknown driver {value!r}; known: {', '.join(registry.names())}, "
+                "or the path of a profile file (.yaml)"
+            )
         return value
 
 

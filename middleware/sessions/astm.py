@@ -86,7 +86,7 @@ class AstmSession:
         self.lis = lis
         self.on_stored = on_stored
         self.gateway_name = gateway_name
-        self.driver = registry.get(settings.driver)
+        self.driver = registry.resolve(settings.driver)
         self._timers = astm.Timers(
             establish=settings.timers.establish,
             reply=settings.timers.reply,

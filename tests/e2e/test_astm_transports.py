@@ -327,3 +327,21 @@ async def test_unframed_message_cut_off_by_a_disconnect_is_kept(tmp_path: Path) 
         [received] = await running.lis.wait_for(1)
         assert received.parsed is not None
         assert {o.specimen_id for o in received.parsed.observations} == {"UNF-CUT"}
+
+
+async def test_cp1252_analyser_text_reaches_the_lis_as_unicode(tmp_path: Path) -> None:
+    extra = "    encoding: cp1252\n"
+    async with daemon(tmp_path, tcp_server_instrument(extra=extra)) as running:
+        analyser = AnalyserSimulator("127.0.0.1", running.gateway.addresses["chem-1"][1])
+        await analyser.connect()
+        try:
+            message = build_result_message(
+                "ENC-1", "P1", [SimulatedResult("CREA", "88", "umol/L", "45 to 104")]
+            ).replace(b"umol/L", "µmol/L".encode("cp1252"))
+            assert await analyser.send(message) is True
+        finally:
+            await analyser.close()
+        [received] = await running.lis.wait_for(1)
+        assert received.parsed is not None
+        assert [o.units for o in received.parsed.observations] == ["µmol/L"]
+        assert "µmol/L".encode() in received.raw

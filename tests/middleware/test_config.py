@@ -155,3 +155,14 @@ def test_demo_analyser_needs_a_listening_instrument() -> None:
     [(line, field, message)] = _problems(text)
     assert (line, field) == (12, "demo.analysers[0].instrument")
     assert "tcp-server" in message
+
+
+def test_a_labs_own_profile_file_can_be_the_driver(tmp_path: Path) -> None:
+    profile = tmp_path / "my-analyser.yaml"
+    profile.write_text("name: my-analyser\nextends: generic-astm\ndescription: ours\n")
+    text = GOOD.replace("    protocol: astm\n", f"    protocol: astm\n    driver: {profile}\n")
+    assert load_settings_text(text).instruments[0].driver == str(profile)
+    profile.write_text("name: my-analyser\nextends: generic-astm\ncolour: blue\n")
+    [(line, field, message)] = _problems(text)
+    assert (line, field) == (6, "instruments[0].driver")
+    assert "colour" in message
