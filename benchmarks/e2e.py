@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,28 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._support import free_ports, get_json, peak_rss_mib, wait_port  # noqa: E402
 from simulators.analyser import AnalyserSimulator, build_result_message, demo_results  # noqa: E402
 from simulators.lis import LisSimulator  # noqa: E402
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports nothing listens on (held open together while chosen, so
-    the OS cannot hand out the same one twice)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 async def _drive(
@@ -104,29 +84,13 @@ async def _phases(
 ) -> dict[str, Any]:
     saturated = await _drive(ports, lis, messages, results, 0.0, "S")
     paced = await _drive(ports, lis, max(10, messages // 4), results, pace, "P")
-    return {"saturated": saturated, "paced": paced, "peak_rss_mib": _peak_rss_mib(pid)}
-
-
-async def _wait_port(
-    port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the process exited with {process.returncode} before listening")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port} after {timeout} s")
+    return {"saturated": saturated, "paced": paced, "peak_rss_mib": peak_rss_mib(pid)}
 
 
 async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     lis = LisSimulator()
     lis_port = await lis.start()
-    api_port, *ports = _free_ports(args.analysers + 1)
+    api_port, *ports = free_ports(args.analysers + 1)
     lines = [
         "store:",
         f"  url: sqlite:///{workdir / 'bench.db'}",
@@ -155,11 +119,9 @@ async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         stderr=subprocess.DEVNULL,
     )
     try:
-        await _wait_port(api_port, daemon)
+        await wait_port(api_port, daemon)
         figures = await _phases(ports, lis, args.messages, args.results, args.pace, daemon.pid)
-        health = json.loads(
-            await asyncio.to_thread(_get, f"http://127.0.0.1:{api_port}/api/health")
-        )
+        health = await asyncio.to_thread(get_json, f"http://127.0.0.1:{api_port}/api/health")
         figures["errors"] = sum(c["errors"] for c in health["connections"])
         figures["connections"] = len(health["connections"]) - 1  # less the LIS
         return figures
@@ -172,27 +134,20 @@ async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any
 async def _run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     lis = LisSimulator()
     lis_port = await lis.start()
-    [port] = _free_ports(1)
+    [port] = free_ports(1)
     relay = subprocess.Popen(
         [sys.executable, str(ROOT / "benchmarks" / "baseline_relay.py"), str(port), str(lis_port)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
     )
     try:
-        await _wait_port(port, relay)
+        await wait_port(port, relay)
         ports = [port] * args.analysers
         return await _phases(ports, lis, args.messages, args.results, args.pace, relay.pid)
     finally:
         relay.terminate()
         relay.wait(30)
         await lis.close()
-
-
-def _get(url: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return str(response.read().decode())
 
 
 def _ratio(a: float, b: float) -> float:

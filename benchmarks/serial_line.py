@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,16 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 import serial_asyncio_fast  # noqa: E402
 
+from benchmarks._support import free_ports, get_json, wait_port  # noqa: E402
 from protocols import astm  # noqa: E402
 from simulators.analyser import AnalyserSimulator, build_result_message, demo_results  # noqa: E402
 from simulators.lis import LisSimulator  # noqa: E402
 from simulators.nullmodem import NullModem, line_rate_for  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _drive(path: str, args: argparse.Namespace, rate: float) -> dict[str, float]:
@@ -72,7 +66,7 @@ async def _labgate(args: argparse.Namespace, rate: float, workdir: Path) -> dict
     labgate_end, analyser_end = await cable.start()
     lis = LisSimulator()
     lis_port = await lis.start()
-    api_port = _free_port()
+    [api_port] = free_ports(1)
     config = workdir / "serial.yaml"
     config.write_text(
         f"store:\n  url: sqlite:///{workdir / 'serial.db'}\napi:\n  port: {api_port}\n"
@@ -98,7 +92,8 @@ async def _labgate(args: argparse.Namespace, rate: float, workdir: Path) -> dict
         stderr=subprocess.DEVNULL,
     )
     try:
-        await _wait_port(api_port)
+        await wait_port(api_port, daemon)
+        await _wait_connected(api_port, "xn")  # the port is open: nothing sent before is lost
         figures = await _drive(analyser_end, args, rate)
         await lis.wait_for(args.messages, timeout=120)
         figures["delivered_to_lis"] = len(lis.delivered)
@@ -108,6 +103,18 @@ async def _labgate(args: argparse.Namespace, rate: float, workdir: Path) -> dict
         daemon.wait(30)
         await lis.close()
         await cable.close()
+
+
+async def _wait_connected(api_port: int, instrument: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = await asyncio.to_thread(get_json, f"http://127.0.0.1:{api_port}/api/health")
+        if any(
+            c["name"] == instrument and c["state"] == "connected" for c in health["connections"]
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{instrument} never opened its serial port")
 
 
 async def _baseline(args: argparse.Namespace, rate: float) -> dict[str, Any]:
@@ -142,18 +149,6 @@ async def _baseline(args: argparse.Namespace, rate: float) -> dict[str, Any]:
         task.cancel()
         writer.close()
         await cable.close()
-
-
-async def _wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 async def main() -> None:

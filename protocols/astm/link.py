@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum, auto
 
+from protocols.astm._core import CoreOutput
 from protocols.astm.constants import (
     ACK,
     ENQ,
@@ -251,7 +252,7 @@ class _Outgoing:
     failures: int = 0
 
 
-class Link:
+class Link(CoreOutput):
     """One end of an E1381 link (see the theory of operation in this module).
 
     `role` decides who yields on contention; `timers` defaults to LIS1-A's; messages we send
@@ -285,10 +286,8 @@ class Link:
         self.max_frame = max_frame
         self.lenient_frames = lenient_frames
         self._reader = FrameReader(max_frame, checksum_required=not lenient_frames)
-        self._events: deque[Event] = deque()
-        self._out = bytearray()
+        super().__init__()  # events, output, deadline (CoreOutput)
         self._state = LinkState.NEUTRAL
-        self._deadline: float | None = None
         # sender
         self._queue: deque[_Outgoing] = deque()
         self._frames: list[Frame] = []  # frames of the head message, numbered for this transfer
@@ -321,20 +320,6 @@ class Link:
         """Feed bytes from the peer, cut anywhere; then read `next_event()` and `data_to_send()`."""
         self._reader.feed(data)
         self._process(now)
-
-    def next_event(self) -> Event | None:
-        """The oldest event not yet read, or None."""
-        return self._events.popleft() if self._events else None
-
-    def data_to_send(self) -> bytes:
-        """All bytes waiting to be written to the peer (and forget them)."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def get_timer(self) -> float | None:
-        """The deadline (same clock as `now`) at which `handle_timer` must be called, or None."""
-        return self._deadline
 
     def handle_timer(self, now: float) -> None:
         """Act on the deadline if it has passed (calling it early does nothing)."""

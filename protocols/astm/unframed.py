@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import re
 import string
-from collections import deque
 from enum import Enum, auto
 
+from protocols.astm._core import CoreOutput
 from protocols.astm.constants import ACK, CR, LF, NAK, RESTRICTED
 from protocols.astm.events import (
-    Event,
     FrameRejected,
     GarbageDiscarded,
     MessageReceived,
@@ -143,7 +142,7 @@ class UnframedState(Enum):
     DISCARDING = auto()
 
 
-class UnframedLink:
+class UnframedLink(CoreOutput):
     """One end of an unframed LIS2-A2 connection (see the theory of operation in this module).
 
     Same calls and events as `Link` where they apply: `MessageReceived`, `TransferEnded`,
@@ -173,10 +172,8 @@ class UnframedLink:
         self._buf = bytearray()  # received, not yet read
         self._scan = 0  # RECEIVING: where to resume looking for the end of the line in _buf
         self._line_start = True  # the next byte in _buf starts a line
-        self._events: deque[Event] = deque()
-        self._out = bytearray()
+        super().__init__()  # events, output, deadline (CoreOutput)
         self._state = UnframedState.IDLE
-        self._deadline: float | None = None
         self._openers = bytearray()  # IDLE: from an ENQ/STX on, until we know what it wraps
         self._raw = bytearray()  # RECEIVING: the message's bytes up to the line being read
         self._records: list[bytes] = []
@@ -206,20 +203,6 @@ class UnframedLink:
             self._deadline = now + self.idle_flush  # silence is counted from the last bytes
         else:
             self._deadline = None
-
-    def next_event(self) -> Event | None:
-        """The oldest event not yet read, or None."""
-        return self._events.popleft() if self._events else None
-
-    def data_to_send(self) -> bytes:
-        """All bytes waiting to be written to the peer (and forget them)."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def get_timer(self) -> float | None:
-        """When `handle_timer` must be called (a message is open and `idle_flush` is set)."""
-        return self._deadline
 
     def handle_timer(self, now: float) -> None:
         """Deliver the open message as it is if nothing came for `idle_flush` seconds."""
