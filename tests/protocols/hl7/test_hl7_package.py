@@ -27,6 +27,25 @@ PUBLIC = {
     "parse_ack",
     "parse_oru",
     "validate_message",
+    # results from analysers, orders and queries (IHE LAW LAB-27/28/29)
+    "InboundObservation",
+    "InboundOrder",
+    "InboundOrders",
+    "InboundPatient",
+    "InboundQuery",
+    "InboundResults",
+    "InboundSpecimen",
+    "OrderPatient",
+    "OrderSpec",
+    "build_oml_o33",
+    "build_orm_o01",
+    "build_oul_r22",
+    "build_qbp_q11",
+    "build_rsp_k11",
+    "parse_order_message",
+    "parse_qbp_q11",
+    "parse_results_message",
+    "parse_rsp_k11",
 }
 
 
