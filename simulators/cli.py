@@ -7,9 +7,18 @@ analyser --protocol astm (--tcp HOST:PORT | --serial PATH [--baud 9600])
     One JSON line per message sent, then a summary line. Exit 0 if every message was
     acknowledged, 1 otherwise.
 
+analyser --protocol hl7 --tcp HOST:PORT [--oul|--oru] --generate N [--results-per-message K]
+         [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--seed S]
+    An HL7 analyser (MLLP client, TLS with --tls-ca, mutual TLS with a client certificate).
+
 lis --port P [--host H] [--received-dir D] [--ack AA|AE|AR] [--ack-sequence AE,AE]
     [--ack-delay S] [--silent] [--drop-connection-after N]
+    [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--require-client-cert]]
     A simulated LIS (HL7 over MLLP): one JSON line per message received, until Ctrl-C.
+
+lis-orders --tcp HOST:PORT --specimen S --tests A,B [--oml|--orm] [--patient ID]
+           [--priority R|S] [--cancel] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
+    Push one order to labgate as the LIS; one JSON line with the answer. Exit 0 on AA/CA.
 """
 
 from __future__ import annotations
@@ -18,18 +27,23 @@ import argparse
 import asyncio
 import json
 import random
+import ssl
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from protocols.errors import LocalProtocolError
 from protocols.hl7 import ACK_CODES
+from protocols.hl7.outbound import OrderPatient, OrderSpec
 from simulators.analyser import AnalyserSimulator, build_result_message, demo_results
 from simulators.connection import Endpoint, SerialEndpoint, TcpEndpoint
 from simulators.faults import Faults
+from simulators.hl7_analyser import Hl7AnalyserSimulator
 from simulators.lis import LisSimulator, ReceivedMessage
 from simulators.replay import messages_from_file, specimen_of
+from simulators.tls import client_context, server_context
 
 __all__ = ["main"]
 
@@ -44,8 +58,12 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        if args.command == "analyser" and args.protocol == "hl7":
+            return asyncio.run(_run_hl7_analyser(args))
         if args.command == "analyser":
             return asyncio.run(_run_analyser(args))
+        if args.command == "lis-orders":
+            return asyncio.run(_run_lis_orders(args))
         return asyncio.run(_run_lis(args))
     except KeyboardInterrupt:
         # The coroutine has already been cancelled and has closed its connections.
@@ -126,6 +144,99 @@ def _generated(count: int, per_message: int, rng: random.Random) -> Iterator[tup
         yield specimen, build_result_message(specimen, patient, demo_results(per_message, rng))
 
 
+# --- HL7 analyser and orders ------------------------------------------------------------
+
+
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client TLS context the --tls-* options ask for (None: clear MLLP)."""
+    if args.tls_ca is None and args.tls_cert is None:
+        return None
+    return client_context(args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key)
+
+
+async def _run_hl7_analyser(args: argparse.Namespace) -> int:
+    if args.tcp is None or args.generate is None:
+        print("simulate analyser: --protocol hl7 needs --tcp and --generate", file=sys.stderr)
+        return 2
+    try:
+        context = _client_tls(args)
+    except (OSError, ValueError) as exc:
+        print(f"simulate analyser: TLS: {exc}", file=sys.stderr)
+        return 2
+    sim = Hl7AnalyserSimulator(
+        args.tcp.host, args.tcp.port, ssl=context, kind=args.hl7_kind, seed=args.seed
+    )
+    try:
+        await sim.connect()
+    except (OSError, TimeoutError) as exc:
+        print(f"simulate analyser: cannot open {args.tcp}: {exc}", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    count = acknowledged = 0
+    rng = random.Random(args.seed)
+    try:
+        for number in range(1, args.generate + 1):
+            if number > 1 and args.interval:
+                await asyncio.sleep(args.interval)
+            specimen = f"SIM{number:07d}"
+            begin = time.monotonic()
+            try:
+                ack = await sim.send_results(
+                    specimen, f"PAT{rng.randint(1, 500):05d}", args.results_per_message
+                )
+                code: str | None = ack.code
+            except (OSError, TimeoutError) as exc:
+                code = None
+                _emit(message=number, specimen=specimen, error=str(exc) or type(exc).__name__)
+                break
+            finally:
+                count += 1
+            acknowledged += ack.accepted
+            _emit(
+                message=number,
+                specimen=specimen,
+                ack=code,
+                seconds=round(time.monotonic() - begin, 4),
+            )
+    finally:
+        await sim.close()
+        _emit(
+            summary={
+                "messages": count,
+                "acknowledged": acknowledged,
+                "failed": count - acknowledged,
+                "seconds": round(time.monotonic() - started, 3),
+            }
+        )
+    return 0 if acknowledged == count else 1
+
+
+async def _run_lis_orders(args: argparse.Namespace) -> int:
+    try:
+        context = _client_tls(args)
+        order = OrderSpec(
+            specimen_id=args.specimen,
+            tests=tuple(args.tests),
+            patient=OrderPatient(args.patient) if args.patient else None,
+            priority=args.priority,
+            action="C" if args.cancel else "N",
+        )
+    except (OSError, ValueError, LocalProtocolError) as exc:
+        print(f"simulate lis-orders: {exc}", file=sys.stderr)
+        return 2
+    lis = LisSimulator()
+    try:
+        acks = await lis.send_orders(
+            args.tcp.host, args.tcp.port, [order], kind=args.order_kind, ssl=context
+        )
+    except (OSError, TimeoutError) as exc:
+        print(f"simulate lis-orders: {args.tcp}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    for ack in acks:
+        _emit(specimen=args.specimen, ack=ack.code, text=ack.text, control_id=ack.control_id)
+    return 0 if all(ack.accepted for ack in acks) else 1
+
+
 # --- LIS ---------------------------------------------------------------------------------
 
 
@@ -140,9 +251,24 @@ async def _run_lis(args: argparse.Namespace) -> int:
             error=message.error,
         )
 
+    try:
+        context = (
+            server_context(
+                args.tls_cert,
+                args.tls_key,
+                cafile=args.tls_ca,
+                require_client_cert=args.require_client_cert,
+            )
+            if args.tls_cert is not None
+            else None
+        )
+    except (OSError, ValueError) as exc:
+        print(f"simulate lis: TLS: {exc}", file=sys.stderr)
+        return 2
     lis = LisSimulator(
         args.host,
         args.port,
+        ssl=context,
         received_dir=args.received_dir,
         ack_code=args.ack,
         ack_delay=args.ack_delay,
@@ -202,6 +328,20 @@ def _ack_codes(text: str) -> list[str]:
     return [_ack_code(code.strip()) for code in text.split(",") if code.strip()]
 
 
+def _test_codes(text: str) -> list[str]:
+    codes = [code.strip() for code in text.split(",") if code.strip()]
+    if not codes:
+        raise argparse.ArgumentTypeError("expected test codes such as GLU,K")
+    return codes
+
+
+def _tls_client_options(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("TLS (HL7 over MLLP)")
+    tls.add_argument("--tls-ca", metavar="FILE", help="CA that signed labgate's certificate")
+    tls.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labgate simulate",
@@ -214,7 +354,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a simulated analyser sending results to labgate",
         description="Send results as an ASTM analyser (E1381 instrument side) over TCP or serial.",
     )
-    analyser.add_argument("--protocol", choices=["astm"], default="astm")
+    analyser.add_argument("--protocol", choices=["astm", "hl7"], default="astm")
     where = analyser.add_mutually_exclusive_group(required=True)
     where.add_argument("--tcp", metavar="HOST:PORT", type=_tcp, help="labgate's TCP port")
     where.add_argument("--serial", metavar="PATH", help="serial port (or pty slave) path")
@@ -260,6 +400,19 @@ def _parser() -> argparse.ArgumentParser:
         help="drop the connection once after N bytes, then reconnect and resend",
     )
     faults.add_argument("--seed", type=int, help="seed for reproducible faults and workload")
+    hl7 = analyser.add_mutually_exclusive_group()
+    hl7.add_argument(
+        "--oul",
+        dest="hl7_kind",
+        action="store_const",
+        const="OUL",
+        help="HL7: send OUL^R22 (IHE LAW, default)",
+    )
+    hl7.add_argument(
+        "--oru", dest="hl7_kind", action="store_const", const="ORU", help="HL7: send ORU^R01"
+    )
+    analyser.set_defaults(hl7_kind="OUL")
+    _tls_client_options(analyser)
     analyser.add_argument(
         "--reconnect",
         action="store_true",
@@ -290,4 +443,28 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="close the connection instead of answering the message after N messages (once)",
     )
+    tls = lis.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", metavar="FILE", help="serve MLLP over TLS with this cert")
+    tls.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert")
+    tls.add_argument("--tls-ca", metavar="FILE", help="CA for client certificates")
+    tls.add_argument(
+        "--require-client-cert", action="store_true", help="mutual TLS (needs --tls-ca)"
+    )
+
+    orders = commands.add_parser(
+        "lis-orders",
+        help="push an order to labgate as the LIS",
+        description="Send one OML^O33 (or ORM^O01) order to labgate over MLLP; print its answer.",
+    )
+    orders.add_argument("--tcp", metavar="HOST:PORT", type=_tcp, required=True)
+    orders.add_argument("--specimen", required=True, help="specimen id (tube barcode)")
+    orders.add_argument("--tests", type=_test_codes, required=True, help="e.g. GLU,K")
+    orders.add_argument("--patient", metavar="ID", help="patient id (PID-3)")
+    orders.add_argument("--priority", choices=["R", "S"], default="R")
+    orders.add_argument("--cancel", action="store_true", help="cancel (ORC-1 CA), not new")
+    kind = orders.add_mutually_exclusive_group()
+    kind.add_argument("--oml", dest="order_kind", action="store_const", const="OML")
+    kind.add_argument("--orm", dest="order_kind", action="store_const", const="ORM")
+    orders.set_defaults(order_kind="OML")
+    _tls_client_options(orders)
     return parser

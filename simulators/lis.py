@@ -1,32 +1,91 @@
 """A simulated LIS: an MLLP server that acknowledges HL7 results and keeps everything it got.
 
+Results are ORU^R01 or IHE LAW OUL^R22, read by `protocols.hl7.inbound.parse_results_message`;
+`ReceivedMessage.parsed` holds them as a flat `ParsedOru` (observations in specimen order).
+
 Tests compare what it received with what the analyser sent; `make run` shows it filling a folder.
 Faults for tests: answer AE/AR instead of AA (always, or for the next answers in `ack_codes`),
 answer late, say nothing at all, or drop the connection without answering (once, after
 `drop_connection_after` messages).
+
+It also plays the LIS side of orders: it answers an IHE LAW work-order query (QBP^Q11) with
+RSP^K11 from `orders_for_query` (specimen id -> orders; NF when it has none), and
+`send_orders` pushes OML^O33 or ORM^O01 orders to labgate as an MLLP client. With an
+`ssl.SSLContext` (see `simulators.tls`) its server speaks MLLP over TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl as _ssl
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import (
+    Ack,
+    MessageHeader,
     MllpFramer,
+    ParsedObservation,
     ParsedOru,
     build_ack,
     message_control_id,
     mllp_frame,
-    parse_oru,
+)
+from protocols.hl7.inbound import InboundResults, parse_results_message
+from protocols.hl7.orders_in import InboundQuery, parse_qbp_q11
+from protocols.hl7.outbound import (
+    OrderSpec,
+    build_oml_o33,
+    build_orm_o01,
+    build_rsp_k11,
+    read_answer,
 )
 
 __all__ = ["LisSimulator", "ReceivedMessage"]
+
+
+def _as_parsed_oru(results: InboundResults) -> ParsedOru:
+    """A results message (ORU^R01 or OUL^R22) as the flat `ParsedOru` tests compare against.
+
+    Observations come specimen by specimen (as `InboundResults.observations`); the
+    producer is OBX-18 (equipment instance identifier).
+    """
+    return ParsedOru(
+        control_id=results.control_id,
+        sending_application=results.sending_application,
+        sending_facility=results.sending_facility,
+        receiving_application=results.receiving_application,
+        receiving_facility=results.receiving_facility,
+        created_at=results.created_at,
+        version=results.version,
+        observations=tuple(
+            ParsedObservation(
+                patient_id=specimen.patient.patient_id,
+                specimen_id=specimen.specimen_id,
+                code=obs.code,
+                value=obs.value,
+                units=obs.units,
+                reference_range=obs.reference_range,
+                abnormal_flags=obs.abnormal_flags,
+                status=obs.status,
+                producer=obs.equipment,
+                notes=obs.notes,
+                set_id=obs.set_id,
+                text=obs.text,
+                coding_system=obs.coding_system,
+                value_type=obs.value_type,
+                observed_at=obs.observed_at,
+                test_code=obs.test_code,
+            )
+            for specimen in results.specimens
+            for obs in specimen.observations
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +97,8 @@ class ReceivedMessage:
     error: str | None
     received_at: datetime
     ack_code: str | None
+    query: InboundQuery | None = None  #: set for a QBP^Q11 (answered with RSP^K11)
+    answer: bytes | None = None  #: what was sent back (ACK or RSP), None if nothing
 
 
 class LisSimulator:
@@ -50,6 +111,10 @@ class LisSimulator:
       start, over every connection) gets no answer: its connection is closed instead. Once: the
       setting then goes back to None. The message is kept in `received` with ``ack_code=None``.
     - `on_message` is called with every `ReceivedMessage` (the CLI prints them).
+    - `orders_for_query`: specimen id -> orders; a QBP^Q11 for a specimen listed there is
+      answered RSP^K11 ``OK`` with its orders, any other ``NF``. Queries are kept in `received`
+      (with `query` set) but are not `delivered`.
+    - `ssl`: serve MLLP over TLS with this context (`simulators.tls.server_context`).
     """
 
     def __init__(
@@ -64,6 +129,8 @@ class LisSimulator:
         ack_codes: Iterable[str] = (),
         drop_connection_after: int | None = None,
         on_message: Callable[[ReceivedMessage], None] | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        orders_for_query: Mapping[str, Sequence[OrderSpec]] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -76,6 +143,9 @@ class LisSimulator:
         self.dropped_connections = 0  #: connections closed by `drop_connection_after`
         self.on_message = on_message
         self.received: list[ReceivedMessage] = []
+        self.ssl = ssl
+        self.orders_for_query: dict[str, Sequence[OrderSpec]] = dict(orders_for_query or {})
+        self.sent_orders: list[bytes] = []  #: order messages `send_orders` delivered
         self._server: asyncio.Server | None = None
         self._arrived = asyncio.Condition()
         self._ids = itertools.count(1)
@@ -86,7 +156,7 @@ class LisSimulator:
         """Start listening; returns the bound port."""
         if self.received_dir:
             self.received_dir.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -103,8 +173,8 @@ class LisSimulator:
 
     @property
     def delivered(self) -> list[ReceivedMessage]:
-        """Messages this LIS acknowledged with AA."""
-        return [m for m in self.received if m.ack_code == "AA"]
+        """Messages (not queries) this LIS acknowledged with AA."""
+        return [m for m in self.received if m.ack_code == "AA" and m.query is None]
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage]:
         """Wait until at least `count` messages were acknowledged with AA."""
@@ -139,8 +209,17 @@ class LisSimulator:
     async def _answer(self, message: bytes, writer: asyncio.StreamWriter) -> bool:
         """Answer one message; False if the connection was dropped instead (a fault)."""
         now = datetime.now(UTC)
+        query: InboundQuery | None = None
+        if b"QBP^Q11" in message.lstrip()[:200].split(b"\r", 1)[0]:  # cheap: MSH line only
+            try:
+                query = parse_qbp_q11(message)
+            except RemoteProtocolError:
+                pass  # answered AR as any unreadable message
+        if query is not None:
+            await self._answer_query(message, query, writer, now)
+            return True
         try:
-            parsed: ParsedOru | None = parse_oru(message)
+            parsed: ParsedOru | None = _as_parsed_oru(parse_results_message(message))
             error = None
         except RemoteProtocolError as exc:
             parsed, error = None, str(exc)
@@ -161,18 +240,99 @@ class LisSimulator:
             await asyncio.sleep(self.ack_delay)
         if drop:
             writer.transport.abort()
-        elif code is not None:
+        ack: bytes | None = None
+        if not drop and code is not None:
             ack = build_ack(message, code, f"LIS{next(self._ids):06d}", now, text=error or "")
             writer.write(mllp_frame(ack))
             await writer.drain()
-        record = ReceivedMessage(message, parsed, error, now, code)
+        record = ReceivedMessage(message, parsed, error, now, code, answer=ack)
+        await self._record(record)
+        return not drop
+
+    async def _record(self, record: ReceivedMessage) -> None:
         if self.received_dir:
-            control = message_control_id(message) or "unknown"
+            control = message_control_id(record.raw) or "unknown"
             name = f"{len(self.received) + 1:06d}-{control}.hl7"
-            (self.received_dir / name).write_bytes(message.replace(b"\r", b"\r\n"))
+            (self.received_dir / name).write_bytes(record.raw.replace(b"\r", b"\r\n"))
         async with self._arrived:
             self.received.append(record)
             self._arrived.notify_all()
         if self.on_message is not None:
             self.on_message(record)
-        return not drop
+
+    async def _answer_query(
+        self, message: bytes, query: InboundQuery, writer: asyncio.StreamWriter, now: datetime
+    ) -> None:
+        """Answer a work-order query with RSP^K11: OK with the orders known for its specimens
+        (all of them, in the query's order), else NF."""
+        orders = tuple(o for sid in query.specimen_ids for o in self.orders_for_query.get(sid, ()))
+        if self.ack_delay:
+            await asyncio.sleep(self.ack_delay)
+        answer: bytes | None = None
+        if not self.silent:
+            answer = build_rsp_k11(
+                message,
+                orders,
+                f"LIS{next(self._ids):06d}",
+                now,
+                status="OK" if orders else "NF",
+            )
+            writer.write(mllp_frame(answer))
+            await writer.drain()
+        code = "AA" if answer is not None else None
+        await self._record(ReceivedMessage(message, None, None, now, code, query, answer))
+
+    async def send_orders(
+        self,
+        host: str,
+        port: int,
+        orders: Sequence[OrderSpec],
+        *,
+        kind: str = "OML",
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        timeout: float = 10.0,
+    ) -> list[Ack]:
+        """Push `orders` to labgate at `host:port` as an MLLP client; return its answers.
+
+        One message per order (`kind` ``"OML"``: OML^O33, ``"ORM"``: ORM^O01), each sent once
+        the previous one was answered (ACK, or ORL^O34 for OML). Raises `TimeoutError` when an
+        answer takes longer than `timeout` s, `ConnectionError` when labgate closes first,
+        `OSError` when it cannot be reached.
+        """
+        builders = {"OML": build_oml_o33, "ORM": build_orm_o01}
+        if kind not in builders:
+            raise ValueError(f"kind must be OML or ORM, not {kind!r}")
+        build = builders[kind]
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                host,
+                port,
+                ssl=ssl,
+                server_hostname=server_hostname if ssl is not None else None,
+            )
+        framer = MllpFramer()
+        answers: list[Ack] = []
+        try:
+            for order in orders:
+                header = MessageHeader(
+                    "LIS", "LAB", "labgate", "LAB", f"LISO{next(self._ids):06d}", datetime.now(UTC)
+                )
+                message = build(header, [order])
+                writer.write(mllp_frame(message))
+                await writer.drain()
+                async with asyncio.timeout(timeout):
+                    while (payload := framer.next_message()) is None:
+                        data = await reader.read(65536)
+                        if not data:
+                            raise ConnectionError("labgate closed the connection before answering")
+                        framer.receive_data(data)
+                answers.append(read_answer(payload))
+                self.sent_orders.append(message)
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        return answers
