@@ -4,6 +4,7 @@
     labgate check-config FILE           validate a configuration; exit 0 if good, 2 if refused
     labgate status [--config FILE | --url URL]   ask a running daemon how it is
     labgate astm decode FILE            print an ASTM capture as JSON lines, one per record
+    labgate hl7 decode FILE             print HL7 messages as JSON lines with validation findings
     labgate simulate analyser|lis ...   run a simulated analyser or LIS (fault injection)
 
 Exit codes: 0 success, 1 the daemon or the request failed, 2 bad input (usage, configuration).
@@ -144,6 +145,12 @@ def _astm_decode(args: argparse.Namespace) -> int:
     return decode([args.file, "--encoding", args.encoding])
 
 
+def _hl7_decode(args: argparse.Namespace) -> int:
+    from middleware.tools.hl7_decode import main as decode
+
+    return decode([args.file, *(["--no-validate"] if args.no_validate else [])])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labgate", description="Instrument middleware for medical laboratories."
@@ -176,6 +183,15 @@ def _parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands `simulate ...` to simulators/cli.py as it is.
     commands.add_parser("simulate", help="run a simulated analyser or LIS (labgate simulate -h)")
+
+    hl7_tools = commands.add_parser("hl7", help="tools for HL7 interfaces")
+    hl7_commands = hl7_tools.add_subparsers(dest="hl7_command", required=True)
+    hl7_decode = hl7_commands.add_parser(
+        "decode", help="print HL7 messages (MLLP, plain or [VT]-style text) as JSON lines"
+    )
+    hl7_decode.add_argument("file")
+    hl7_decode.add_argument("--no-validate", action="store_true", help="skip hl7apy checks")
+    hl7_decode.set_defaults(handler=_hl7_decode)
 
     status = commands.add_parser("status", help="show a running daemon's health")
     status.add_argument(

@@ -24,11 +24,14 @@ from typing import Any
 import structlog
 import uvicorn
 
-from middleware.config.settings import Settings, TcpServerTransport
+from middleware.config.settings import Hl7InstrumentSettings, Settings, TcpServerTransport
 from middleware.health import ConnectionHealth, Health
 from middleware.io.links import describe, keep_open, serve_tcp
+from middleware.io.tls import client_context, server_context
+from middleware.lis.orders import LisOrderReceiver
 from middleware.lis.sender import LisSender
 from middleware.sessions.astm import AstmSession
+from middleware.sessions.hl7 import Hl7Session
 from middleware.store import Store
 from middleware.web.app import create_app
 
@@ -77,8 +80,13 @@ class Gateway:
         self.started_at = datetime.now(UTC)
         self.ready = asyncio.Event()
         self.addresses: dict[str, tuple[str, int]] = {}
-        self.sessions: dict[str, AstmSession] = {}
+        self.sessions: dict[str, AstmSession | Hl7Session] = {}
         self.store: Store
+
+    def _wake_session(self, instrument: str) -> None:
+        session = self.sessions.get(instrument)
+        if session is not None:
+            session.orders_waiting()
 
     @staticmethod
     async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
@@ -108,26 +116,38 @@ class Gateway:
         try:
             lis = settings.lis
             self.health.add(
-                ConnectionHealth(lis.name, "hl7", "mllp-client", f"{lis.host}:{lis.port}")
+                ConnectionHealth(
+                    lis.name,
+                    "hl7",
+                    "mllp-client+tls" if lis.tls else "mllp-client",
+                    f"{lis.host}:{lis.port}",
+                )
             )
             sender = LisSender(lis, self.store, self.health)
             for instrument in settings.instruments:
-                session = AstmSession(
-                    instrument,
-                    self.store,
-                    self.health,
-                    lis.name,
-                    sender.wake,
-                    gateway_name=settings.gateway,
-                )
+                session: AstmSession | Hl7Session
+                tls = getattr(instrument, "tls", None)
+                if isinstance(instrument, Hl7InstrumentSettings):
+                    session = Hl7Session(instrument, self.store, self.health, lis.name, sender.wake)
+                else:
+                    session = AstmSession(
+                        instrument,
+                        self.store,
+                        self.health,
+                        lis.name,
+                        sender.wake,
+                        gateway_name=settings.gateway,
+                    )
                 self.sessions[instrument.name] = session
                 transport = instrument.transport
+                kind = transport.type + ("+tls" if tls else "")
                 health = ConnectionHealth(
-                    instrument.name, instrument.protocol, transport.type, describe(transport)
+                    instrument.name, instrument.protocol, kind, describe(transport)
                 )
                 self.health.add(health)
                 if isinstance(transport, TcpServerTransport):
-                    server = await serve_tcp(transport, session.serve)
+                    context = server_context(tls) if tls else None
+                    server = await serve_tcp(transport, session.serve, context)
                     servers.append(server)
                     bound = server.sockets[0].getsockname()
                     self.addresses[instrument.name] = (bound[0], bound[1])
@@ -145,9 +165,29 @@ class Gateway:
                         transport,
                         session.serve,
                         functools.partial(self.health.set_state, name),
+                        client_context(tls) if tls else None,
+                        tls.server_hostname if tls else None,
                     )
                     tasks.append(asyncio.create_task(opener, name=f"link-{name}"))
                     log.info("instrument_opening", instrument=name, address=health.address)
+            if lis.orders is not None:
+                receiver = LisOrderReceiver(
+                    f"{lis.name}-orders", lis.orders, self.store, self.health, self._wake_session
+                )
+                self.health.add(
+                    ConnectionHealth(receiver.name, "hl7", "tcp-server", "", state="listening")
+                )
+                server = await asyncio.start_server(
+                    receiver.serve,
+                    lis.orders.host,
+                    lis.orders.port,
+                    ssl=server_context(lis.orders.tls) if lis.orders.tls else None,
+                )
+                servers.append(server)
+                bound = server.sockets[0].getsockname()
+                self.addresses[receiver.name] = (bound[0], bound[1])
+                self.health.connections[receiver.name].address = f"{bound[0]}:{bound[1]}"
+                log.info("lis_orders_listening", address=f"{bound[0]}:{bound[1]}")
             api_socket = socket.create_server((settings.api.host, settings.api.port))
             self.addresses["api"] = api_socket.getsockname()[:2]
             api = _ApiServer(

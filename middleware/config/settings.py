@@ -8,17 +8,21 @@ loader, so `labgate run --config /etc/labgate/labgate.yaml` works from any worki
 
 from __future__ import annotations
 
+import codecs
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 
 __all__ = [
     "AnalyserSimulatorSettings",
     "ApiSettings",
     "AstmInstrumentSettings",
     "DemoSettings",
+    "Hl7InstrumentSettings",
     "InstrumentSettings",
+    "LisOrdersSettings",
     "LisSettings",
     "LisSimulatorSettings",
     "SerialTransport",
@@ -26,6 +30,7 @@ __all__ = [
     "StoreSettings",
     "TcpClientTransport",
     "TcpServerTransport",
+    "TlsSettings",
     "Transport",
 ]
 
@@ -42,6 +47,20 @@ def _check_name(value: str) -> str:
         raise ValueError(
             "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
+    return value
+
+
+def _check_encoding(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"unknown character encoding {value!r}") from None
+    return value
+
+
+def _check_pem_file(value: str) -> str:
+    if value and not Path(value).is_file():
+        raise ValueError(f"no such file: {value}")
     return value
 
 
@@ -135,16 +154,7 @@ class AstmInstrumentSettings(_Model):
 
     _name = field_validator("name")(_check_name)
 
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        import codecs
-
-        try:
-            codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"unknown character encoding {value!r}") from None
-        return value
+    _encoding = field_validator("encoding")(_check_encoding)
 
     @field_validator("driver")
     @classmethod
@@ -166,7 +176,26 @@ class AstmInstrumentSettings(_Model):
         return value
 
 
-InstrumentSettings = Annotated[AstmInstrumentSettings, Field(discriminator="protocol")]
+class Hl7InstrumentSettings(_Model):
+    """An analyser speaking HL7 v2 over MLLP (IHE LAW: OUL^R22 or ORU^R01 results)."""
+
+    name: str
+    protocol: Literal["hl7"]
+    transport: TcpServerTransport | TcpClientTransport = Field(discriminator="type")
+    tls: TlsSettings | None = None
+    # Used when MSH-18 does not say (many analysers leave it empty).
+    encoding: str = "latin-1"
+    max_message: Annotated[int, Field(ge=1024)] = 1_048_576
+    duplicate_window_hours: Annotated[float, Field(ge=0)] = 24.0
+    poc: bool = False
+
+    _name = field_validator("name")(_check_name)
+    _encoding = field_validator("encoding")(_check_encoding)
+
+
+InstrumentSettings = Annotated[
+    AstmInstrumentSettings | Hl7InstrumentSettings, Field(discriminator="protocol")
+]
 
 
 class RetrySettings(_Model):
@@ -176,15 +205,58 @@ class RetrySettings(_Model):
     maximum: PositiveFloat = 60.0
 
 
+class TlsSettings(_Model):
+    """TLS on an MLLP link (GBUI VII-2 1a: nominative data is encrypted on any network that
+    people outside the lab can reach). Paths are PEM files.
+
+    As a server: `cert` + `key` are ours; with `require_client_cert`, peers must present a
+    certificate signed by `ca` (mutual TLS). As a client: `ca` verifies the server (the system
+    store when empty); `cert` + `key`, if given, are our client certificate."""
+
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    require_client_cert: bool = False
+    server_hostname: str = ""  # client side: the name to verify (defaults to the host)
+
+    _files = field_validator("cert", "key", "ca")(_check_pem_file)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsSettings:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("cert and key go together")
+        if self.require_client_cert and not self.ca:
+            raise ValueError("require_client_cert needs the ca that signs client certificates")
+        return self
+
+
+class LisOrdersSettings(_Model):
+    """Where labgate listens for the LIS's orders (ORM^O01 / OML^O33 over MLLP, IHE LAB-28)."""
+
+    host: str = "127.0.0.1"
+    port: Port
+    tls: TlsSettings | None = None
+    # Orders are kept for any analyser's query; those named here also get every order
+    # downloaded at once (analysers that do not query).
+    download_to: tuple[str, ...] = ()
+
+
 class LisSettings(_Model):
-    """The laboratory information system that receives results as HL7 v2.5.1 ORU^R01 over MLLP."""
+    """The laboratory information system: results go to it over MLLP (HL7 v2.5.1)."""
 
     name: str = "lis"
     host: str = "127.0.0.1"
     port: Port
+    # ORU^R01 (the common default) or OUL^R22 (IHE LAW LAB-29), as the LIS expects.
+    message_type: Literal["ORU^R01", "OUL^R22"] = "ORU^R01"
     ack_timeout: PositiveFloat = 30.0
     connect_timeout: PositiveFloat = 10.0
     retry: RetrySettings = RetrySettings()
+    # AE/AR from the LIS: `stop` keeps the message for a person (default: no blind loop);
+    # `retry` retransmits it like a missing ACK (for LIS that answer AE when busy).
+    on_reject: Literal["stop", "retry"] = "stop"
+    tls: TlsSettings | None = None
+    orders: LisOrdersSettings | None = None
     sending_application: str = "LABGATE"
     sending_facility: str = "LAB"
     receiving_application: str = "LIS"
@@ -265,6 +337,12 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
         seen.add(instrument.name)
+    if settings.lis.orders is not None:
+        for index, name in enumerate(settings.lis.orders.download_to):
+            if name not in seen:
+                problems.append(
+                    (("lis", "orders", "download_to", index), f"no instrument named {name!r}")
+                )
     if settings.demo is not None:
         listening = {
             i.name for i in settings.instruments if isinstance(i.transport, TcpServerTransport)

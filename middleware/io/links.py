@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 
 import serial
@@ -42,9 +43,11 @@ def describe(transport: TcpServerTransport | TcpClientTransport | SerialTranspor
     return f"{transport.host}:{transport.port}"
 
 
-async def serve_tcp(transport: TcpServerTransport, handler: Handler) -> asyncio.Server:
+async def serve_tcp(
+    transport: TcpServerTransport, handler: Handler, tls: ssl.SSLContext | None = None
+) -> asyncio.Server:
     """Listen for analysers; each connection runs `handler` until it closes."""
-    return await asyncio.start_server(handler, transport.host, transport.port)
+    return await asyncio.start_server(handler, transport.host, transport.port, ssl=tls)
 
 
 async def open_serial(
@@ -64,11 +67,18 @@ async def open_serial(
 
 async def _open(
     transport: TcpClientTransport | SerialTransport,
+    tls: ssl.SSLContext | None,
+    server_hostname: str | None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     if isinstance(transport, SerialTransport):
         return await open_serial(transport)
     async with asyncio.timeout(transport.connect_timeout):
-        return await asyncio.open_connection(transport.host, transport.port)
+        return await asyncio.open_connection(
+            transport.host,
+            transport.port,
+            ssl=tls,
+            server_hostname=(server_hostname or transport.host) if tls else None,
+        )
 
 
 def _pause(attempt: int, reconnect: ReconnectSettings) -> float:
@@ -81,14 +91,16 @@ async def keep_open(
     transport: TcpClientTransport | SerialTransport,
     handler: Handler,
     on_state: Callable[[str], None],
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> None:
     """Open the link, run `handler` on it, and do it again whenever it closes or fails."""
     failures = 0
     where = describe(transport)
     while True:
         try:
-            reader, writer = await _open(transport)
-        except (OSError, TimeoutError, serial.SerialException) as exc:
+            reader, writer = await _open(transport, tls, server_hostname)
+        except (OSError, TimeoutError, serial.SerialException, ssl.SSLError) as exc:
             failures += 1
             pause = _pause(failures, transport.reconnect)
             on_state("disconnected")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from drivers.models import Result, SpecimenReport
 from middleware.config.settings import LisSettings
 from protocols.hl7 import MessageHeader, ObservationOut, OrderOut, PatientOut, build_oru_r01
+from protocols.hl7.outbound import build_oul_r22
 
 __all__ = ["build_results_message"]
 
@@ -58,6 +59,10 @@ def build_results_message(
                 test_text="",
                 observed_at=report.collected_at,
                 results=observations,
+                # OUL^R22 requires SPM-4. Analysers rarely say; "UNK" is our marker for "not
+                # stated" (unverified against the LIS's table 0487: map it there if needed).
+                specimen_type=report.extras.get("specimen_type", "")
+                or ("UNK" if lis.message_type == "OUL^R22" else ""),
             )
         )
     people = [
@@ -71,7 +76,8 @@ def build_results_message(
         )
         for key, report in patient_of.items()
     ]
-    return build_oru_r01(header, people)
+    build = build_oul_r22 if lis.message_type == "OUL^R22" else build_oru_r01
+    return build(header, people)
 
 
 def _observation(

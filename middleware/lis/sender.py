@@ -12,6 +12,7 @@ transmission with the receiver's acknowledgement and its time (the `transmission
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ import structlog
 
 from middleware.config.settings import LisSettings
 from middleware.health import Health
+from middleware.io.tls import client_context
 from middleware.lis.oru import build_results_message
 from middleware.store import OutboxItem, Store, StoreUnavailable, Transmission
 from protocols.errors import RemoteProtocolError
@@ -156,8 +158,14 @@ class LisSender:
                 log.info("lis_ack_received", ack_code=ack.code, attempt=attempt, results=delivered)
             else:
                 error = f"LIS answered {ack.code}: {ack.text}".strip()
-                await store.run(store.mark_rejected, item.outbox_id, error, answered)
                 self.health.count(settings.name, "errors")
+                if settings.on_reject == "retry":
+                    delay = backoff_delay(attempt, settings.retry.initial, settings.retry.maximum)
+                    rejected = dataclasses.replace(answered, error=error)
+                    await store.run(store.mark_retry, item.outbox_id, rejected, delay)
+                    log.warning("lis_rejected_will_retry", ack_code=ack.code, attempt=attempt)
+                    return False
+                await store.run(store.mark_rejected, item.outbox_id, error, answered)
                 log.error("lis_rejected_message", ack_code=ack.code, text=ack.text, attempt=attempt)
             return True
 
@@ -193,8 +201,12 @@ class LisSender:
         if self._writer is not None and self._reader is not None and not self._writer.is_closing():
             return self._reader, self._writer
         settings = self.settings
+        tls = client_context(settings.tls) if settings.tls is not None else None
+        hostname = (settings.tls.server_hostname or settings.host) if settings.tls else None
         async with asyncio.timeout(settings.connect_timeout):
-            reader, writer = await asyncio.open_connection(settings.host, settings.port)
+            reader, writer = await asyncio.open_connection(
+                settings.host, settings.port, ssl=tls, server_hostname=hostname
+            )
         self._reader, self._writer, self._framer = reader, writer, MllpFramer()
         self.health.set_state(settings.name, "connected")
         log.info("lis_connected", address=f"{settings.host}:{settings.port}")

@@ -250,14 +250,16 @@ class Store:
                 .limit(1)
             )
 
-    def save_refused(self, connection: str, message_id: str, raw: bytes, reason: str) -> None:
+    def save_refused(
+        self, connection: str, message_id: str, raw: bytes, reason: str, protocol: str = "astm"
+    ) -> None:
         """Keep a message that could not be decoded or mapped, with why (never dropped silently)."""
         with self._sessions.begin() as session:
             session.add(
                 MessageRow(
                     message_id=message_id,
                     connection=connection,
-                    protocol="astm",
+                    protocol=protocol,
                     received_at=now_utc(),
                     raw=raw,
                     status="refused",
@@ -294,25 +296,62 @@ class Store:
     def add_order(self, order: Order, instrument: str = "") -> int:
         """Keep an order until an analyser asks for it or it is downloaded."""
         with self._sessions.begin() as session:
-            row = OrderRow(
-                specimen_id=order.specimen_id,
-                instrument=instrument,
-                patient_id=order.patient.patient_id,
-                family_name=order.patient.family_name,
-                given_name=order.patient.given_name,
-                birth_date=order.patient.birth_date.isoformat() if order.patient.birth_date else "",
-                sex=order.patient.sex,
-                tests=list(order.tests),
-                priority=order.priority,
-                action=order.action,
-                collected_at=order.collected_at,
-                created_at=now_utc(),
-                state="pending",
-                sent_at=None,
-            )
+            row = _order_row(order, instrument)
             session.add(row)
             session.flush()
             return row.id
+
+    def apply_order_message(
+        self,
+        connection: str,
+        message_id: str,
+        raw: bytes,
+        orders: Sequence[Order],
+        download_to: Sequence[str],
+    ) -> set[str]:
+        """One order message from the LIS, all or nothing: the raw bytes in the trace, new orders
+        kept for any analyser's query (and copied for each of `download_to`), cancellations
+        applied. Returns the analysers that have something new to be sent."""
+        targets: set[str] = set()
+        with self._sessions.begin() as session:
+            session.add(
+                TraceRow(
+                    at=now_utc(),
+                    connection=connection,
+                    direction="in",
+                    kind="order_message",
+                    message_id=message_id,
+                    data=raw,
+                    detail=None,
+                )
+            )
+            for order in orders:
+                if order.action == "C":
+                    targets |= self._cancel(session, order)
+                    continue
+                for instrument in ("", *download_to):
+                    session.add(_order_row(order, instrument))
+                targets.update(download_to)
+        return targets
+
+    @staticmethod
+    def _cancel(session: Session, order: Order) -> set[str]:
+        """Withdraw what was not sent; queue a cancel for each analyser that had the order."""
+        rows = session.scalars(
+            select(OrderRow).where(
+                OrderRow.specimen_id == order.specimen_id, OrderRow.action != "C"
+            )
+        ).all()
+        told: set[str] = set()
+        for row in rows:
+            if order.tests and not set(row.tests) & set(order.tests):
+                continue
+            if row.state == "pending":
+                row.state = "cancelled"
+            elif row.state == "sent" and row.instrument and row.instrument not in told:
+                told.add(row.instrument)
+                session.add(_order_row(order, row.instrument))
+        return told
 
     def orders_for(self, specimen_ids: Sequence[str], instrument: str) -> list[tuple[int, Order]]:
         """Orders not cancelled for these specimens that this analyser may run, oldest first."""
@@ -579,6 +618,25 @@ def _result_row(
         qc_lot=result.qc_lot,
         dilution=result.dilution,
         rerun=result.rerun,
+    )
+
+
+def _order_row(order: Order, instrument: str) -> OrderRow:
+    return OrderRow(
+        specimen_id=order.specimen_id,
+        instrument=instrument,
+        patient_id=order.patient.patient_id,
+        family_name=order.patient.family_name,
+        given_name=order.patient.given_name,
+        birth_date=order.patient.birth_date.isoformat() if order.patient.birth_date else "",
+        sex=order.patient.sex,
+        tests=list(order.tests),
+        priority=order.priority,
+        action=order.action,
+        collected_at=order.collected_at,
+        created_at=now_utc(),
+        state="pending",
+        sent_at=None,
     )
 
 

@@ -166,3 +166,27 @@ def test_a_labs_own_profile_file_can_be_the_driver(tmp_path: Path) -> None:
     [(line, field, message)] = _problems(text)
     assert (line, field) == (6, "instruments[0].driver")
     assert "colour" in message
+
+
+def test_hl7_instrument_and_lis_orders_validate_and_refer_to_known_analysers() -> None:
+    text = """\
+lis:
+  port: 2575
+  message_type: OUL^R22
+  on_reject: retry
+  orders:
+    port: 2576
+    download_to: [chem-9]
+instruments:
+  - name: xn-hl7
+    protocol: hl7
+    transport: {type: tcp-client, host: 127.0.0.1, port: 6000}
+"""
+    [(line, field, message)] = _problems(text)
+    assert (line, field) == (7, "lis.orders.download_to[0]")
+    assert "chem-9" in message
+    settings = load_settings_text(text.replace("chem-9", "xn-hl7"))
+    assert settings.instruments[0].protocol == "hl7"
+    assert settings.lis.message_type == "OUL^R22" and settings.lis.on_reject == "retry"
+    problems = _problems(text.replace("OUL^R22", "OUL^R99").replace("chem-9", "xn-hl7"))
+    assert [(line, field) for line, field, _ in problems] == [(3, "lis.message_type")]

@@ -226,3 +226,30 @@ def test_upgrading_a_database_with_results_keeps_them(tmp_path: Path) -> None:
         assert (row.value, row.lis_code, row.normalized_flags, row.rerun) == ("5.1", "", "[]", 0)
     finally:
         store.close()
+
+
+def test_an_order_message_is_applied_whole_and_cancellations_reach_who_had_the_order(
+    store: Store,
+) -> None:
+    from drivers.models import Order
+
+    new = [
+        Order("S1", Patient("P1"), ("GLU", "K")),
+        Order("S2", Patient("P2"), ("NA",)),
+    ]
+    assert store.apply_order_message("lis-orders", "o1", b"MSH|1", new, ["chem-1"]) == {"chem-1"}
+    assert [o.specimen_id for _, o in store.pending_downloads("chem-1")] == ["S1", "S2"]
+    assert len(store.orders_for(["S1"], "other-analyser")) == 1  # the copy kept for queries
+    [(s1_id, _), _] = store.pending_downloads("chem-1")
+    store.mark_orders_sent([s1_id], NOW)
+    cancel = [
+        Order("S1", Patient("P1"), ("GLU", "K"), action="C"),
+        Order("S2", Patient(), (), action="C"),
+    ]
+    assert store.apply_order_message("lis-orders", "o2", b"MSH|2", cancel, ["chem-1"]) == {"chem-1"}
+    states = {(o["specimen_id"], o["instrument"], o["state"]) for o in store.list_orders()}
+    assert ("S2", "chem-1", "cancelled") in states and ("S2", "", "cancelled") in states
+    # S1 had been downloaded: a cancel order goes to that analyser; the query copy is withdrawn.
+    [(_, cancel_order)] = store.pending_downloads("chem-1")
+    assert (cancel_order.specimen_id, cancel_order.action) == ("S1", "C")
+    assert ("S1", "", "cancelled") in states

@@ -1,0 +1,160 @@
+"""An HL7 analyser connection (IHE LAW LAB-29): MLLP in, OUL^R22 / ORU^R01 results, ACK out.
+
+The same rule as for ASTM: the analyser gets `AA` only once the message, its results and its
+outbox row are committed. A message that cannot be read is kept as refused, with why, and
+answered `AE` (sending the same bytes again would not help); when the store cannot commit, the
+answer is `AR` so the analyser sends it again later. A message identical to one already stored
+(resent after a lost ACK) is acknowledged again and not stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from drivers.hl7_results import reports_from_hl7
+from middleware.config.settings import Hl7InstrumentSettings
+from middleware.health import Health
+from middleware.pipeline import decide
+from middleware.store import IncomingMessage, Store, StoreUnavailable
+from protocols.errors import RemoteProtocolError
+from protocols.hl7 import MllpFramer, build_ack, mllp_frame
+from protocols.hl7.inbound import parse_results_message
+
+__all__ = ["Hl7Session"]
+
+log = structlog.get_logger("labgate.hl7")
+
+
+def _control_id() -> str:
+    return "LGA" + uuid.uuid4().hex[:17].upper()
+
+
+class Hl7Session:
+    """One HL7 analyser: serves each MLLP connection it makes (or labgate opens) to it."""
+
+    def __init__(
+        self,
+        settings: Hl7InstrumentSettings,
+        store: Store,
+        health: Health,
+        lis: str,
+        on_stored: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.health = health
+        self.lis = lis
+        self.on_stored = on_stored
+        self.idle_state = "listening"
+        self._active = 0
+
+    def orders_waiting(self) -> None:
+        """HL7 analysers ask for their work (LAB-27); nothing is pushed to them yet."""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        name = self.settings.name
+        peer = writer.get_extra_info("peername")
+        self._active += 1
+        self.health.set_state(name, "connected")
+        with structlog.contextvars.bound_contextvars(
+            instrument=name, connection=uuid.uuid4().hex[:8]
+        ):
+            log.info("analyser_connected", peer=f"{peer[0]}:{peer[1]}" if peer else None)
+            framer = MllpFramer(max_message=self.settings.max_message)
+            try:
+                while data := await reader.read(65536):
+                    framer.receive_data(data)
+                    while True:
+                        try:
+                            message = framer.next_message()
+                        except RemoteProtocolError as exc:
+                            self.health.count(name, "errors")
+                            log.warning("mllp_block_refused", reason=str(exc))
+                            continue
+                        if message is None:
+                            break
+                        answer = await self._handle(message)
+                        writer.write(mllp_frame(answer))
+                        await writer.drain()
+            except (ConnectionError, OSError) as exc:
+                log.warning("analyser_connection_lost", error=str(exc))
+            except Exception:
+                self.health.count(name, "errors")
+                log.exception("analyser_session_failed")
+            finally:
+                self._active -= 1
+                if self._active == 0:
+                    self.health.set_state(name, self.idle_state)
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except (ConnectionError, OSError):
+                    pass
+                log.info("analyser_disconnected")
+
+    async def _handle(self, message: bytes) -> bytes:
+        """Store one message and return the acknowledgement to send (after the commit)."""
+        settings = self.settings
+        name = settings.name
+        store = self.store
+        message_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        with structlog.contextvars.bound_contextvars(message_id=message_id):
+            try:
+                inbound = parse_results_message(message, default_encoding=settings.encoding)
+                reports = reports_from_hl7(inbound, name)
+            except RemoteProtocolError as exc:
+                try:
+                    await store.run(store.save_refused, name, message_id, message, str(exc), "hl7")
+                except StoreUnavailable:
+                    return build_ack(message, "AR", _control_id(), now, text="not stored")
+                self.health.count(name, "received")
+                self.health.count(name, "errors")
+                log.warning("message_refused", reason=str(exc))
+                return build_ack(message, "AE", _control_id(), now, text=str(exc)[:200])
+            digest = hashlib.sha256(message).hexdigest()
+            try:
+                if settings.duplicate_window_hours > 0:
+                    since = now - timedelta(hours=settings.duplicate_window_hours)
+                    original = await store.read(store.find_duplicate, name, digest, since)
+                    if original is not None:
+                        await store.run(
+                            store.save_trace,
+                            name,
+                            "duplicate_message",
+                            message,
+                            message_id=original,
+                            detail="resent by the analyser; already stored",
+                        )
+                        log.info("duplicate_message_ignored", original=original)
+                        return build_ack(message, "AA", _control_id(), now)
+                incoming = IncomingMessage(
+                    message_id=message_id,
+                    connection=name,
+                    protocol="hl7",
+                    received_at=now,
+                    raw=message,
+                    reports=tuple(reports),
+                    decisions=tuple(decide(r) for report in reports for r in report.results),
+                    lis=self.lis,
+                    forward=any(not report.is_qc and report.results for report in reports),
+                    content_hash=digest,
+                )
+                await store.run(store.save_message, incoming)
+            except StoreUnavailable as exc:
+                self.health.count(name, "errors")
+                log.error("store_unavailable", error=str(exc))
+                return build_ack(message, "AR", _control_id(), now, text="not stored, send again")
+            results = sum(len(report.results) for report in reports)
+            self.health.count(name, "received")
+            self.health.count(name, "stored", results)
+            log.info("message_stored", specimens=len(reports), results=results)
+            if incoming.forward:
+                self.on_stored()
+            return build_ack(message, "AA", _control_id(), now)
