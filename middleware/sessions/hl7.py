@@ -18,17 +18,53 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from drivers.hl7_results import reports_from_hl7
+from drivers.models import Order
 from middleware.config.settings import Hl7InstrumentSettings
 from middleware.health import Health
 from middleware.pipeline import decide
 from middleware.store import IncomingMessage, Store, StoreUnavailable
 from protocols.errors import RemoteProtocolError
-from protocols.hl7 import MllpFramer, build_ack, mllp_frame
+from protocols.hl7 import (
+    MllpFramer,
+    OrderPatient,
+    OrderSpec,
+    build_ack,
+    build_rsp_k11,
+    mllp_frame,
+    parse_qbp_q11,
+)
 from protocols.hl7.inbound import parse_results_message
 
 __all__ = ["Hl7Session"]
 
 log = structlog.get_logger("labgate.hl7")
+
+
+def _is_query(message: bytes) -> bool:
+    """A QBP (LAB-27 work order query), told from MSH-9 without a full parse."""
+    header = message.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    fields = header.split(header[3:4]) if len(header) > 3 else []
+    return len(fields) > 8 and fields[8].startswith(b"QBP")
+
+
+def _order_spec(order: Order) -> OrderSpec:
+    patient = order.patient
+    return OrderSpec(
+        specimen_id=order.specimen_id,
+        tests=order.tests,
+        patient=OrderPatient(
+            patient.patient_id,
+            patient.family_name,
+            patient.given_name,
+            patient.birth_date,
+            patient.sex,
+        )
+        if patient.patient_id
+        else None,
+        priority=order.priority if order.priority in {"R", "S", "A"} else "R",
+        action="C" if order.action == "C" else "N",
+        collected_at=order.collected_at,
+    )
 
 
 def _control_id() -> str:
@@ -55,7 +91,8 @@ class Hl7Session:
         self._active = 0
 
     def orders_waiting(self) -> None:
-        """HL7 analysers ask for their work (LAB-27); nothing is pushed to them yet."""
+        """HL7 analysers ask for their work (LAB-27 queries); pushing it to them (LAB-28
+        OML^O33 from labgate) is not done yet."""
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         name = self.settings.name
@@ -106,6 +143,8 @@ class Hl7Session:
         message_id = uuid.uuid4().hex
         now = datetime.now(UTC)
         with structlog.contextvars.bound_contextvars(message_id=message_id):
+            if _is_query(message):
+                return await self._answer_query(message, message_id, now)
             try:
                 inbound = parse_results_message(message, default_encoding=settings.encoding)
                 reports = reports_from_hl7(inbound, name)
@@ -158,3 +197,28 @@ class Hl7Session:
             if incoming.forward:
                 self.on_stored()
             return build_ack(message, "AA", _control_id(), now)
+
+    async def _answer_query(self, message: bytes, message_id: str, now: datetime) -> bytes:
+        """LAB-27: the work orders held for the specimens asked about (RSP^K11), or NF."""
+        store = self.store
+        name = self.settings.name
+        try:
+            query = parse_qbp_q11(message, default_encoding=self.settings.encoding)
+        except RemoteProtocolError as exc:
+            log.warning("query_refused", reason=str(exc))
+            return build_ack(message, "AE", _control_id(), now, text=str(exc)[:200])
+        try:
+            await store.run(store.save_trace, name, "query", message, message_id=message_id)
+            found = await store.read(store.orders_for, query.specimen_ids, name)
+        except StoreUnavailable as exc:
+            log.error("store_unavailable", error=str(exc))
+            return build_ack(message, "AR", _control_id(), now, text="try again")
+        orders = [_order_spec(order) for _, order in found if order.tests]
+        answer = build_rsp_k11(message, orders, _control_id(), now, status="OK" if orders else "NF")
+        if found:
+            try:
+                await store.run(store.mark_orders_sent, [order_id for order_id, _ in found], now)
+            except StoreUnavailable as exc:
+                log.error("store_unavailable", error=str(exc))
+        log.info("query_answered", specimens=len(query.specimen_ids), orders=len(orders))
+        return answer

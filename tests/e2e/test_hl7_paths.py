@@ -244,3 +244,52 @@ async def _orders_received(analyser: AnalyserSimulator, count: int) -> list[astm
         while len(analyser.received) < count:
             await asyncio.sleep(0.02)
     return [astm.decode_message(text) for text in analyser.received]
+
+
+async def test_hl7_analyser_query_is_answered_from_held_orders(tmp_path: Path) -> None:
+    import httpx
+
+    async with running(tmp_path, HL7_ANALYSER) as (gateway, _lis, db):
+        api = "http://{}:{}".format(*gateway.addresses["api"])
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{api}/api/orders",
+                json={"specimen_id": "WOS-1", "tests": ["HGB", "WBC"], "priority": "S"},
+            )
+            assert response.status_code == 201
+        analyser = Hl7AnalyserSimulator("127.0.0.1", gateway.addresses["xn-hl7"][1])
+        await analyser.connect()
+        try:
+            found = await analyser.query("WOS-1")
+            nothing = await analyser.query("WOS-404")
+        finally:
+            await analyser.close()
+        assert found.query_status == "OK"
+        [order] = found.orders
+        assert (order.specimen_id, tuple(order.tests), order.priority) == (
+            "WOS-1",
+            ("HGB", "WBC"),
+            "S",
+        )
+        assert nothing.query_status == "NF" and nothing.orders == ()
+        assert rows(db, "select state from orders")[0][0] == "sent"
+
+
+async def test_labgate_connects_out_to_an_hl7_analyser_that_listens(tmp_path: Path) -> None:
+    analyser = Hl7AnalyserSimulator("127.0.0.1", 0, mode="server")
+    port = await analyser.start()
+    instrument = (
+        "  - name: xn-hl7\n    protocol: hl7\n"
+        f"    transport: {{type: tcp-client, host: 127.0.0.1, port: {port},"
+        " reconnect: {initial: 0.1, maximum: 0.2}}\n"
+    )
+    try:
+        async with running(tmp_path, instrument) as (gateway, lis, _db):
+            async with asyncio.timeout(10):
+                while gateway.health.connections["xn-hl7"].state != "connected":
+                    await asyncio.sleep(0.05)
+            assert (await analyser.send_results("OUT-1", count=2)).code == "AA"
+            [received] = await lis.wait_for(1)
+            assert received.parsed is not None and len(received.parsed.observations) == 2
+    finally:
+        await analyser.close()
