@@ -255,6 +255,9 @@ class LisSettings(_Model):
     # AE/AR from the LIS: `stop` keeps the message for a person (default: no blind loop);
     # `retry` retransmits it like a missing ACK (for LIS that answer AE when busy).
     on_reject: Literal["stop", "retry"] = "stop"
+    # original: the LIS answers AA/AE/AR. enhanced: MSH-15 AL / MSH-16 NE, the LIS's commit
+    # acknowledgement (CA) is final — it has taken the message in charge; CE/CR as AE/AR.
+    ack_mode: Literal["original", "enhanced"] = "original"
     tls: TlsSettings | None = None
     orders: LisOrdersSettings | None = None
     sending_application: str = "LABGATE"

@@ -36,6 +36,8 @@ def build_results_message(
         receiving_facility=lis.receiving_facility,
         control_id=control_id,
         created_at=created_at or datetime.now(UTC),
+        accept_ack_type="AL" if lis.ack_mode == "enhanced" else "",
+        application_ack_type="NE" if lis.ack_mode == "enhanced" else "",
     )
     orders: dict[str, list[OrderOut]] = {}
     patient_of: dict[str, SpecimenReport] = {}

@@ -151,9 +151,16 @@ class MessageHeader:
     control_id: str
     created_at: datetime
     processing_id: str = "P"
+    # Enhanced acknowledgement mode (MSH-15 accept ack, MSH-16 application ack: AL, NE, ER,
+    # SU); both empty = original mode, which most LIS use.
+    accept_ack_type: str = ""
+    application_ack_type: str = ""
 
     def __post_init__(self) -> None:
-        """MSH-10 and MSH-11 are required."""
+        """MSH-10 and MSH-11 are required; ack types come from HL7 table 0155."""
+        for value in (self.accept_ack_type, self.application_ack_type):
+            if value not in {"", "AL", "NE", "ER", "SU"}:
+                raise LocalProtocolError(f"acknowledgement type {value!r} is not in table 0155")
         if not self.control_id:
             raise LocalProtocolError("MSH-10 message control id must not be empty")
         if not self.processing_id:
@@ -172,7 +179,10 @@ def _ts(moment: datetime | None) -> Any:
     return _field(format_ts(moment) if moment is not None else "")
 
 
-def _msh(header: MessageHeader) -> Any:
+def _msh(
+    header: MessageHeader, kind: str = "ORU", trigger: str = "R01", structure: str = "ORU_R01"
+) -> Any:
+    """MSH for any message labgate builds (MSH-15/16 empty: original acknowledgement mode)."""
     return er7.msh_segment(
         _field(header.sending_application),  # 3
         _field(header.sending_facility),
@@ -180,15 +190,15 @@ def _msh(header: MessageHeader) -> Any:
         _field(header.receiving_facility),
         _ts(header.created_at),  # 7
         _EMPTY,
-        _field("ORU", "R01", "ORU_R01"),  # 9
+        _field(kind, trigger, structure),  # 9
         _field(header.control_id),
         _field(header.processing_id),
         _field(VERSION),  # 12
         _EMPTY,
         _EMPTY,
+        _field(header.accept_ack_type),  # 15: enhanced mode when set (AL, NE, ER, SU)
+        _field(header.application_ack_type),  # 16
         _EMPTY,
-        _EMPTY,
-        _EMPTY,  # 13-17 (15/16 empty: original mode)
         _field(_CHARSET),  # 18
     )
 

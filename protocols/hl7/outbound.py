@@ -83,6 +83,7 @@ from protocols.hl7.oru import (
     MessageHeader,
     OrderOut,
     PatientOut,
+    _msh,
     _obx,
     _pid,
     _ts,
@@ -182,24 +183,6 @@ class OrderSpec:
 
 
 # --- building: shared pieces -----------------------------------------------------------
-
-
-def _msh(header: MessageHeader, kind: str, trigger: str, structure: str) -> Any:
-    """MSH as :func:`build_oru_r01` builds it, for any message type."""
-    return er7.msh_segment(
-        _field(header.sending_application),  # 3
-        _field(header.sending_facility),
-        _field(header.receiving_application),
-        _field(header.receiving_facility),
-        _ts(header.created_at),  # 7
-        _EMPTY,
-        _field(kind, trigger, structure),  # 9
-        _field(header.control_id),
-        _field(header.processing_id),
-        _field(VERSION),  # 12
-        *(_EMPTY,) * 5,  # 13-17 (15/16 empty: original acknowledgement mode)
-        _field(_CHARSET),  # 18
-    )
 
 
 def _trimmed(*components: str) -> tuple[str, ...]:

@@ -293,3 +293,21 @@ async def test_labgate_connects_out_to_an_hl7_analyser_that_listens(tmp_path: Pa
             assert received.parsed is not None and len(received.parsed.observations) == 2
     finally:
         await analyser.close()
+
+
+async def test_enhanced_mode_asks_for_a_commit_ack_and_takes_ca_as_delivery(tmp_path: Path) -> None:
+    lis = LisSimulator(ack_code="CA")
+    async with running(tmp_path, HL7_ANALYSER, "  ack_mode: enhanced\n", lis) as (gateway, lis, db):
+        analyser = Hl7AnalyserSimulator("127.0.0.1", gateway.addresses["xn-hl7"][1])
+        await analyser.connect()
+        try:
+            assert (await analyser.send_results("ENH-1", count=1)).code == "AA"
+        finally:
+            await analyser.close()
+        async with asyncio.timeout(10):
+            while rows(db, "select state from outbox")[0][0] != "delivered":
+                await asyncio.sleep(0.05)
+        [received] = lis.received
+        msh = received.raw.split(b"\r", 1)[0].split(b"|")
+        assert (msh[14], msh[15]) == (b"AL", b"NE")  # MSH-15, MSH-16
+        assert rows(db, "select ack_code from transmissions")[0][0] == "CA"
