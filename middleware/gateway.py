@@ -29,6 +29,7 @@ from middleware.health import ConnectionHealth, Health
 from middleware.io.links import describe, keep_open, serve_tcp
 from middleware.io.tls import client_context, server_context
 from middleware.lis.orders import LisOrderReceiver
+from middleware.lis.queries import LisQueryClient
 from middleware.lis.sender import LisSender
 from middleware.sessions.astm import AstmSession
 from middleware.sessions.hl7 import Hl7Session
@@ -124,11 +125,14 @@ class Gateway:
                 )
             )
             sender = LisSender(lis, self.store, self.health)
+            ask_lis = LisQueryClient(lis, self.store).ask if lis.query_forwarding else None
             for instrument in settings.instruments:
                 session: AstmSession | Hl7Session
                 tls = getattr(instrument, "tls", None)
                 if isinstance(instrument, Hl7InstrumentSettings):
-                    session = Hl7Session(instrument, self.store, self.health, lis.name, sender.wake)
+                    session = Hl7Session(
+                        instrument, self.store, self.health, lis.name, sender.wake, ask_lis
+                    )
                 else:
                     session = AstmSession(
                         instrument,
@@ -137,6 +141,7 @@ class Gateway:
                         lis.name,
                         sender.wake,
                         gateway_name=settings.gateway,
+                        ask_lis=ask_lis,
                     )
                 self.sessions[instrument.name] = session
                 transport = instrument.transport

@@ -258,6 +258,10 @@ class LisSettings(_Model):
     # original: the LIS answers AA/AE/AR. enhanced: MSH-15 AL / MSH-16 NE, the LIS's commit
     # acknowledgement (CA) is final — it has taken the message in charge; CE/CR as AE/AR.
     ack_mode: Literal["original", "enhanced"] = "original"
+    # An analyser's query for a specimen labgate holds no order for is forwarded to the LIS as
+    # QBP^Q11 (IHE LAB-27) on the results link's address; keep the timeout below the analyser's.
+    query_forwarding: bool = False
+    query_timeout: PositiveFloat = 5.0
     tls: TlsSettings | None = None
     orders: LisOrdersSettings | None = None
     sending_application: str = "LABGATE"

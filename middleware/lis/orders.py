@@ -24,12 +24,13 @@ from protocols.errors import RemoteProtocolError
 from protocols.hl7 import MllpFramer, build_ack, mllp_frame
 from protocols.hl7.orders_in import InboundOrder, parse_order_message
 
-__all__ = ["LisOrderReceiver"]
+__all__ = ["LisOrderReceiver", "order_from_hl7"]
 
 log = structlog.get_logger("labgate.lis.orders")
 
 
-def _order(inbound: InboundOrder) -> Order:
+def order_from_hl7(inbound: InboundOrder) -> Order:
+    """The lab's order from one the LIS sent (ORM/OML, or an RSP^K11 answer)."""
     patient = inbound.patient
     return Order(
         specimen_id=inbound.specimen_id,
@@ -106,7 +107,7 @@ class LisOrderReceiver:
                 self.name,
                 message_id,
                 message,
-                [_order(order) for order in inbound.orders],
+                [order_from_hl7(order) for order in inbound.orders],
                 self.settings.download_to,
             )
         except StoreUnavailable as exc:

@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -28,7 +28,7 @@ import structlog
 
 from drivers import registry
 from drivers.base import DriverError
-from drivers.models import SpecimenReport
+from drivers.models import Order, SpecimenReport
 from middleware.config.settings import AstmInstrumentSettings
 from middleware.health import Health
 from middleware.pipeline import decide
@@ -37,6 +37,9 @@ from protocols import astm
 from protocols.errors import RemoteProtocolError
 
 __all__ = ["AstmSession", "completes_message"]
+
+#: Forwards a query for specimens labgate holds no order for to the LIS (LAB-27).
+AskLis = Callable[[Sequence[str], str], Awaitable[list[tuple[int, Order]]]]
 
 log = structlog.get_logger("labgate.astm")
 
@@ -79,6 +82,7 @@ class AstmSession:
         on_stored: Callable[[], None],
         *,
         gateway_name: str = "LABGATE",
+        ask_lis: AskLis | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -86,6 +90,7 @@ class AstmSession:
         self.lis = lis
         self.on_stored = on_stored
         self.gateway_name = gateway_name
+        self.ask_lis = ask_lis
         self.driver = registry.resolve(settings.driver)
         self._timers = astm.Timers(
             establish=settings.timers.establish,
@@ -364,6 +369,8 @@ class _Conversation:
             except StoreUnavailable as exc:
                 log.error("store_unavailable", error=str(exc))
                 found = []
+            if not found and session.ask_lis is not None:
+                found = await session.ask_lis(query.specimen_ids, session.settings.name)
             sender, receiver = session.gateway_name, message.records[0].field(5)
             answer = None
             if found:

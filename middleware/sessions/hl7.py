@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -36,6 +36,9 @@ from protocols.hl7 import (
 from protocols.hl7.inbound import parse_results_message
 
 __all__ = ["Hl7Session"]
+
+#: Forwards a query for specimens labgate holds no order for to the LIS (LAB-27).
+AskLis = Callable[[Sequence[str], str], Awaitable[list[tuple[int, Order]]]]
 
 log = structlog.get_logger("labgate.hl7")
 
@@ -81,12 +84,14 @@ class Hl7Session:
         health: Health,
         lis: str,
         on_stored: Callable[[], None],
+        ask_lis: AskLis | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.health = health
         self.lis = lis
         self.on_stored = on_stored
+        self.ask_lis = ask_lis
         self.idle_state = "listening"
         self._active = 0
 
@@ -213,6 +218,8 @@ class Hl7Session:
         except StoreUnavailable as exc:
             log.error("store_unavailable", error=str(exc))
             return build_ack(message, "AR", _control_id(), now, text="try again")
+        if not found and self.ask_lis is not None:
+            found = await self.ask_lis(query.specimen_ids, name)
         orders = [_order_spec(order) for _, order in found if order.tests]
         answer = build_rsp_k11(message, orders, _control_id(), now, status="OK" if orders else "NF")
         if found:

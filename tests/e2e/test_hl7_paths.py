@@ -311,3 +311,46 @@ async def test_enhanced_mode_asks_for_a_commit_ack_and_takes_ca_as_delivery(tmp_
         msh = received.raw.split(b"\r", 1)[0].split(b"|")
         assert (msh[14], msh[15]) == (b"AL", b"NE")  # MSH-15, MSH-16
         assert rows(db, "select ack_code from transmissions")[0][0] == "CA"
+
+
+async def test_queries_for_unknown_specimens_are_forwarded_to_the_lis(tmp_path: Path) -> None:
+    """LAB-27 relay: labgate holds no order for the specimen, the LIS does; the ASTM analyser
+    and the HL7 analyser both get the LIS's order as their answer, in time."""
+    lis = LisSimulator()
+    lis.orders_for_query = {
+        "REMOTE-1": [OrderSpec(specimen_id="REMOTE-1", tests=("GLU",), patient=OrderPatient("P9"))],
+        "REMOTE-2": [OrderSpec(specimen_id="REMOTE-2", tests=("HGB",))],
+    }
+    instruments = HL7_ANALYSER + (
+        "  - name: chem-1\n    protocol: astm\n    transport: {type: tcp-server, port: 0}\n"
+    )
+    lis_extra = "  query_forwarding: true\n  query_timeout: 3\n"
+    async with running(tmp_path, instruments, lis_extra, lis) as (gateway, lis, db):
+        astm_analyser = AnalyserSimulator("127.0.0.1", gateway.addresses["chem-1"][1])
+        await astm_analyser.connect()
+        try:
+            query = b"H|\\^&|||SIM\rQ|1|^REMOTE-1||ALL||||||||O\rL|1|N\r"
+            assert await astm_analyser.send(query) is True
+            [answer] = await _orders_received(astm_analyser, 1)
+        finally:
+            await astm_analyser.close()
+        [o_record] = [r for r in answer.records if r.type == "O"]
+        assert o_record.field(3) == "REMOTE-1"
+        hl7_analyser = Hl7AnalyserSimulator("127.0.0.1", gateway.addresses["xn-hl7"][1])
+        await hl7_analyser.connect()
+        try:
+            relayed = await hl7_analyser.query("REMOTE-2")
+            unknown = await hl7_analyser.query("NOWHERE")
+        finally:
+            await hl7_analyser.close()
+        assert relayed.query_status == "OK" and [o.specimen_id for o in relayed.orders] == [
+            "REMOTE-2"
+        ]
+        assert unknown.query_status == "NF"
+        queries = [m for m in lis.received if m.query is not None]
+        assert len(queries) == 3
+        states = {
+            r[0]: r[1]
+            for r in rows(db, "select specimen_id, state from orders where instrument != ''")
+        }
+        assert states == {"REMOTE-1": "sent", "REMOTE-2": "sent"}
