@@ -19,9 +19,10 @@ import structlog
 from drivers.models import Order, Patient
 from middleware.config.settings import LisOrdersSettings
 from middleware.health import Health
+from middleware.io.mllp import answer_messages
 from middleware.store import Store, StoreUnavailable
 from protocols.errors import RemoteProtocolError
-from protocols.hl7 import MllpFramer, build_ack, mllp_frame
+from protocols.hl7 import build_ack
 from protocols.hl7.orders_in import InboundOrder, parse_order_message
 
 __all__ = ["LisOrderReceiver", "order_from_hl7"]
@@ -66,25 +67,17 @@ class LisOrderReceiver:
         self.wake = wake
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        framer = MllpFramer()
         with structlog.contextvars.bound_contextvars(connection=self.name):
             try:
-                while data := await reader.read(65536):
-                    framer.receive_data(data)
-                    while True:
-                        try:
-                            message = framer.next_message()
-                        except RemoteProtocolError as exc:
-                            log.warning("mllp_block_refused", reason=str(exc))
-                            continue
-                        if message is None:
-                            break
-                        writer.write(mllp_frame(await self._handle(message)))
-                        await writer.drain()
+                await answer_messages(reader, writer, self._handle, self._refused)
             except (ConnectionError, OSError) as exc:
                 log.warning("lis_orders_connection_lost", error=str(exc))
             finally:
                 writer.close()
+
+    def _refused(self, exc: RemoteProtocolError) -> None:
+        self.health.count(self.name, "errors")
+        log.warning("mllp_block_refused", reason=str(exc))
 
     async def _handle(self, message: bytes) -> bytes:
         store = self.store

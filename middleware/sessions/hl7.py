@@ -21,16 +21,15 @@ from drivers.hl7_results import reports_from_hl7
 from drivers.models import Order
 from middleware.config.settings import Hl7InstrumentSettings
 from middleware.health import Health
+from middleware.io.mllp import answer_messages
 from middleware.pipeline import decide
 from middleware.store import IncomingMessage, Store, StoreUnavailable
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import (
-    MllpFramer,
     OrderPatient,
     OrderSpec,
     build_ack,
     build_rsp_k11,
-    mllp_frame,
     parse_qbp_q11,
 )
 from protocols.hl7.inbound import parse_results_message
@@ -108,22 +107,10 @@ class Hl7Session:
             instrument=name, connection=uuid.uuid4().hex[:8]
         ):
             log.info("analyser_connected", peer=f"{peer[0]}:{peer[1]}" if peer else None)
-            framer = MllpFramer(max_message=self.settings.max_message)
             try:
-                while data := await reader.read(65536):
-                    framer.receive_data(data)
-                    while True:
-                        try:
-                            message = framer.next_message()
-                        except RemoteProtocolError as exc:
-                            self.health.count(name, "errors")
-                            log.warning("mllp_block_refused", reason=str(exc))
-                            continue
-                        if message is None:
-                            break
-                        answer = await self._handle(message)
-                        writer.write(mllp_frame(answer))
-                        await writer.drain()
+                await answer_messages(
+                    reader, writer, self._handle, self._refused, self.settings.max_message
+                )
             except (ConnectionError, OSError) as exc:
                 log.warning("analyser_connection_lost", error=str(exc))
             except Exception:
@@ -139,6 +126,10 @@ class Hl7Session:
                 except (ConnectionError, OSError):
                     pass
                 log.info("analyser_disconnected")
+
+    def _refused(self, exc: RemoteProtocolError) -> None:
+        self.health.count(self.settings.name, "errors")
+        log.warning("mllp_block_refused", reason=str(exc))
 
     async def _handle(self, message: bytes) -> bytes:
         """Store one message and return the acknowledgement to send (after the commit)."""
