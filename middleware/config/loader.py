@@ -10,16 +10,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from middleware.config.settings import Settings, cross_check
 
-__all__ = ["ConfigError", "ConfigProblem", "load_settings", "load_settings_text"]
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "load_settings",
+    "load_settings_text",
+    "read_text_file",
+    "validate_yaml",
+]
 
 Path_ = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +127,9 @@ def _line_for(path: Path_, lines: dict[Path_, int]) -> int | None:
     return None
 
 
-def load_settings_text(text: str, file: str = "<config>") -> Settings:
-    """Validate configuration text; raise ConfigError with every problem found."""
+def validate_yaml(text: str, file: str, model: type[M]) -> tuple[M, dict[Path_, int]]:
+    """Parse YAML `text` into `model`; every problem comes back as a ConfigError naming the
+    file, the line and the field. Returns the model and the line of every path in the file."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -133,19 +142,35 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
     lines: dict[Path_, int] = {}
     data = _build(node, (), lines)
     if not isinstance(data, dict):
-        raise ConfigError(
-            [ConfigProblem(file, 1, "", "the top level must be a mapping of sections")]
-        )
+        raise ConfigError([ConfigProblem(file, 1, "", "the top level must be a mapping")])
     try:
-        settings = Settings.model_validate(data)
+        return model.model_validate(data), lines
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             path = _without_union_tags(tuple(error["loc"]), data)
-            problems.append(
-                ConfigProblem(file, _line_for(path, lines), _field_name(path), error["msg"])
-            )
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(ConfigProblem(file, _line_for(path, lines), _field_name(path), message))
         raise ConfigError(problems) from None
+
+
+def read_text_file(path: str | Path) -> str:
+    """A configuration-like file's text, or a ConfigError saying why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem(str(path), None, "", f"cannot read the file: {exc.strerror}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [ConfigProblem(str(path), None, "", f"not UTF-8 text: {exc.reason}")]
+        ) from None
+
+
+def load_settings_text(text: str, file: str = "<config>") -> Settings:
+    """Validate configuration text; raise ConfigError with every problem found."""
+    settings, lines = validate_yaml(text, file, Settings)
     cross = cross_check(settings)
     if cross:
         raise ConfigError(
@@ -159,15 +184,4 @@ def load_settings_text(text: str, file: str = "<config>") -> Settings:
 
 def load_settings(path: str | Path) -> Settings:
     """Read and validate a configuration file; relative paths inside it are kept as written."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigProblem(str(path), None, "", f"cannot read the file: {exc.strerror}")]
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            [ConfigProblem(str(path), None, "", f"not UTF-8 text: {exc.reason}")]
-        ) from None
-    return load_settings_text(text, str(path))
+    return load_settings_text(read_text_file(path), str(path))
