@@ -1,0 +1,1 @@
+"""Result validation: QC multirules, the QC gate, delta checks (AUTOVERIFICATION.md §3-4)."""
