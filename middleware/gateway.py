@@ -31,9 +31,11 @@ from middleware.io.tls import client_context, server_context
 from middleware.lis.orders import LisOrderReceiver
 from middleware.lis.queries import LisQueryClient
 from middleware.lis.sender import LisSender
+from middleware.pipeline import Pipeline
 from middleware.sessions.astm import AstmSession
 from middleware.sessions.hl7 import Hl7Session
 from middleware.store import Store
+from middleware.validation.ruleset import load_ruleset
 from middleware.web.app import create_app
 
 __all__ = ["Gateway"]
@@ -126,12 +128,23 @@ class Gateway:
             )
             sender = LisSender(lis, self.store, self.health)
             ask_lis = LisQueryClient(lis, self.store).ask if lis.query_forwarding else None
+            pipeline = Pipeline(
+                load_ruleset(settings.validation.rules) if settings.validation else None
+            )
+            if pipeline.ruleset is not None:
+                log.info("rule_set_loaded", rule_set=pipeline.version, biologist=pipeline.biologist)
             for instrument in settings.instruments:
                 session: AstmSession | Hl7Session
                 tls = getattr(instrument, "tls", None)
                 if isinstance(instrument, Hl7InstrumentSettings):
                     session = Hl7Session(
-                        instrument, self.store, self.health, lis.name, sender.wake, ask_lis
+                        instrument,
+                        self.store,
+                        self.health,
+                        lis.name,
+                        sender.wake,
+                        ask_lis,
+                        pipeline,
                     )
                 else:
                     session = AstmSession(
@@ -142,6 +155,7 @@ class Gateway:
                         sender.wake,
                         gateway_name=settings.gateway,
                         ask_lis=ask_lis,
+                        pipeline=pipeline,
                     )
                 self.sessions[instrument.name] = session
                 transport = instrument.transport

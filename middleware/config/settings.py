@@ -32,6 +32,7 @@ __all__ = [
     "TcpServerTransport",
     "TlsSettings",
     "Transport",
+    "ValidationSettings",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -307,6 +308,24 @@ class LisSimulatorSettings(_Model):
     received_dir: str = "var/lis-received"
 
 
+class ValidationSettings(_Model):
+    """The biologists' rule set deciding which results are auto-validated (GBUI V-3)."""
+
+    rules: str  # path of a rule-set YAML file (see config/rules/example.yaml)
+
+    @field_validator("rules")
+    @classmethod
+    def _loads(cls, value: str) -> str:
+        from middleware.config.loader import ConfigError
+        from middleware.validation.ruleset import load_ruleset
+
+        try:
+            load_ruleset(value)
+        except ConfigError as exc:
+            raise ValueError(f"rule set refused: {exc}") from None
+        return value
+
+
 class DemoSettings(_Model):
     """Simulators the daemon starts in the same process, so `make run` needs nothing else."""
 
@@ -322,6 +341,7 @@ class Settings(_Model):
     api: ApiSettings = ApiSettings()
     lis: LisSettings
     instruments: tuple[InstrumentSettings, ...] = ()
+    validation: ValidationSettings | None = None
     demo: DemoSettings | None = None
 
     def instrument(self, name: str) -> InstrumentSettings:

@@ -7,6 +7,7 @@ validated to the LIS.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from drivers.models import Result, SpecimenReport
@@ -14,7 +15,7 @@ from middleware.config.settings import LisSettings
 from protocols.hl7 import MessageHeader, ObservationOut, OrderOut, PatientOut, build_oru_r01
 from protocols.hl7.outbound import build_oul_r22
 
-__all__ = ["build_results_message"]
+__all__ = ["build_results_message", "decision_note"]
 
 # ASTM R-9 result status -> HL7 OBX-11. W ("warning, to be verified", Pentra XLR) must not
 # reach the LIS as final; unknown codes are reported final, the decision note says held anyway.
@@ -47,7 +48,7 @@ def build_results_message(
         if report.is_qc or not report.results:
             continue
         observations = tuple(
-            _observation(index, result, decision, reasons)
+            _observation(index, result, decision, reasons, report.extras)
             for index, (result, (decision, reasons)) in enumerate(
                 zip(report.results, report_decisions, strict=True), 1
             )
@@ -82,10 +83,25 @@ def build_results_message(
     return build(header, people)
 
 
+def decision_note(decision: str, reasons: tuple[str, ...], decided_by: Mapping[str, str]) -> str:
+    """The decision as the LIS reads it in an NTE under the result. An auto-validated result
+    names the responsible biologist and the rule set (GBUI V-3: "validé électroniquement");
+    a held one lists every reason, for the biologist who will validate it."""
+    if decision == "autovalidated":
+        biologist = decided_by.get("biologist") or "?"
+        ruleset = decided_by.get("ruleset") or "?"
+        return f"validé électroniquement — biologiste responsable {biologist} — règles {ruleset}"
+    return f"labgate: {decision}" + (f" ({', '.join(reasons)})" if reasons else "")
+
+
 def _observation(
-    index: int, result: Result, decision: str, reasons: tuple[str, ...]
+    index: int,
+    result: Result,
+    decision: str,
+    reasons: tuple[str, ...],
+    decided_by: Mapping[str, str],
 ) -> ObservationOut:
-    note = f"labgate: {decision}" + (f" ({', '.join(reasons)})" if reasons else "")
+    note = decision_note(decision, reasons, decided_by)
     return ObservationOut(
         set_id=index,
         # The LIS's own code after the driver's transcoding table (GBUI XIV), if it has one.

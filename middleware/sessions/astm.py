@@ -28,10 +28,11 @@ import structlog
 
 from drivers import registry
 from drivers.base import DriverError
-from drivers.models import Order, SpecimenReport
+from drivers.models import Order
 from middleware.config.settings import AstmInstrumentSettings
 from middleware.health import Health
-from middleware.pipeline import decide
+from middleware.pipeline import Pipeline
+from middleware.sessions.deciding import decide_reports
 from middleware.store import IncomingMessage, Store, StoreUnavailable
 from protocols import astm
 from protocols.errors import RemoteProtocolError
@@ -83,6 +84,7 @@ class AstmSession:
         *,
         gateway_name: str = "LABGATE",
         ask_lis: AskLis | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -91,6 +93,7 @@ class AstmSession:
         self.on_stored = on_stored
         self.gateway_name = gateway_name
         self.ask_lis = ask_lis
+        self.pipeline = pipeline or Pipeline()
         self.driver = registry.resolve(settings.driver)
         self._timers = astm.Timers(
             establish=settings.timers.establish,
@@ -326,6 +329,11 @@ class _Conversation:
                         return False
                     log.info("duplicate_message_ignored", original=original)
                     return message
+            try:
+                decisions = await decide_reports(session.store, session.pipeline, reports)
+            except StoreUnavailable as exc:
+                log.error("store_unavailable", error=str(exc))
+                return False
             incoming = IncomingMessage(
                 message_id=message_id,
                 connection=name,
@@ -333,7 +341,9 @@ class _Conversation:
                 received_at=datetime.now(UTC),
                 raw=raw,
                 reports=tuple(reports),
-                decisions=_decisions(reports),
+                decisions=decisions,
+                ruleset=session.pipeline.version,
+                biologist=session.pipeline.biologist,
                 lis=session.lis,
                 forward=any(not report.is_qc and report.results for report in reports),
                 content_hash=digest,
@@ -455,7 +465,3 @@ class _Conversation:
         await self._save(
             self.session.store.save_trace, self.session.settings.name, kind, data, detail=detail
         )
-
-
-def _decisions(reports: list[SpecimenReport]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    return tuple(decide(result) for report in reports for result in report.results)

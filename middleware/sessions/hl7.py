@@ -22,7 +22,8 @@ from drivers.models import Order
 from middleware.config.settings import Hl7InstrumentSettings
 from middleware.health import Health
 from middleware.io.mllp import answer_messages
-from middleware.pipeline import decide
+from middleware.pipeline import Pipeline
+from middleware.sessions.deciding import decide_reports
 from middleware.store import IncomingMessage, Store, StoreUnavailable
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import (
@@ -84,6 +85,7 @@ class Hl7Session:
         lis: str,
         on_stored: Callable[[], None],
         ask_lis: AskLis | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -91,6 +93,7 @@ class Hl7Session:
         self.lis = lis
         self.on_stored = on_stored
         self.ask_lis = ask_lis
+        self.pipeline = pipeline or Pipeline()
         self.idle_state = "listening"
         self._active = 0
 
@@ -176,7 +179,9 @@ class Hl7Session:
                     received_at=now,
                     raw=message,
                     reports=tuple(reports),
-                    decisions=tuple(decide(r) for report in reports for r in report.results),
+                    decisions=await decide_reports(store, self.pipeline, reports),
+                    ruleset=self.pipeline.version,
+                    biologist=self.pipeline.biologist,
                     lis=self.lis,
                     forward=any(not report.is_qc and report.results for report in reports),
                     content_hash=digest,

@@ -82,6 +82,8 @@ class IncomingMessage:
     lis: str
     forward: bool = True
     content_hash: str | None = None
+    ruleset: str = ""  # name and version of the rule set that decided
+    biologist: str = ""  # its responsible biologist
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +217,9 @@ class Store:
                 session.flush()
                 for result in report.results:
                     decision, reasons = next(decisions)
-                    session.add(
-                        _result_row(result, specimen.id, incoming.message_id, decision, reasons)
-                    )
+                    row = _result_row(result, specimen.id, incoming.message_id, decision, reasons)
+                    row.ruleset, row.biologist = incoming.ruleset, incoming.biologist
+                    session.add(row)
             outbox_id = None
             if incoming.forward:
                 outbox = OutboxRow(
@@ -234,6 +236,40 @@ class Store:
                 session.flush()
                 outbox_id = outbox.id
         return outbox_id
+
+    def previous_results(
+        self, patient_id: str, codes: Sequence[str], before: datetime, specimen_id: str
+    ) -> dict[str, tuple[str, str, datetime, str]]:
+        """Per test code, the patient's latest earlier result from another specimen, as
+        (numeric value, unit, measured at, code): what a delta check compares with."""
+        if not patient_id or not codes:
+            return {}
+        with self._sessions() as session:
+            rows = session.execute(
+                select(
+                    ResultRow.lis_code,
+                    ResultRow.test_code,
+                    ResultRow.numeric,
+                    ResultRow.units,
+                    ResultRow.measured_at,
+                )
+                .join(SpecimenRow, SpecimenRow.id == ResultRow.specimen_row_id)
+                .where(
+                    SpecimenRow.patient_id == patient_id,
+                    SpecimenRow.specimen_id != specimen_id,
+                    ResultRow.is_qc.is_(False),
+                    ResultRow.numeric.is_not(None),
+                    ResultRow.measured_at < before,
+                    (ResultRow.test_code.in_(list(codes)) | ResultRow.lis_code.in_(list(codes))),
+                )
+                .order_by(ResultRow.measured_at.desc())
+            ).all()
+        found: dict[str, tuple[str, str, datetime, str]] = {}
+        for lis_code, test_code, numeric, units, measured_at in rows:
+            code = lis_code or test_code
+            if code not in found and measured_at is not None:
+                found[code] = (numeric, units, utc(measured_at), code)  # type: ignore[assignment]
+        return found
 
     def find_duplicate(self, connection: str, content_hash: str, since: datetime) -> str | None:
         """The id of a message with the same content stored from this connection since `since`:
@@ -483,6 +519,9 @@ class Store:
             ).all()
             results = tuple(_result_model(row) for row in rows)
             decisions.extend((row.decision, tuple(row.reasons)) for row in rows)
+            decided_by = (
+                {"ruleset": rows[0].ruleset, "biologist": rows[0].biologist} if rows else {}
+            )
             reports.append(
                 SpecimenReport(
                     specimen_id=specimen.specimen_id,
@@ -500,6 +539,7 @@ class Store:
                     results=results,
                     collected_at=utc(specimen.collected_at),
                     is_qc=specimen.is_qc,
+                    extras=decided_by,
                 )
             )
         return tuple(reports), tuple(decisions)

@@ -110,6 +110,10 @@ class ResultRow(Base):
     qc_lot: Mapped[str] = mapped_column(String(64), default="")
     dilution: Mapped[str] = mapped_column(String(32), default="")
     rerun: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The rule set that decided (name and version) and its responsible biologist: an
+    # auto-validated result names both to the LIS (GBUI V-3, "validé électroniquement").
+    ruleset: Mapped[str] = mapped_column(String(128), default="")
+    biologist: Mapped[str] = mapped_column(String(128), default="")
 
 
 class OutboxRow(Base):
