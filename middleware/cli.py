@@ -5,6 +5,7 @@
     labgate status [--config FILE | --url URL]   ask a running daemon how it is
     labgate astm decode FILE            print an ASTM capture as JSON lines, one per record
     labgate hl7 decode FILE             print HL7 messages as JSON lines with validation findings
+    labgate rules check|test FILE       validate a rule set / run its embedded test cases
     labgate simulate analyser|lis ...   run a simulated analyser or LIS (fault injection)
 
 Exit codes: 0 success, 1 the daemon or the request failed, 2 bad input (usage, configuration).
@@ -151,6 +152,47 @@ def _hl7_decode(args: argparse.Namespace) -> int:
     return decode([args.file, *(["--no-validate"] if args.no_validate else [])])
 
 
+def _load_rules(path: str) -> Any:
+    from middleware.validation.ruleset import load_ruleset
+
+    try:
+        return load_ruleset(path)
+    except ConfigError as exc:
+        print(f"labgate: rule set refused ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _rules_check(args: argparse.Namespace) -> int:
+    ruleset = _load_rules(args.file)
+    if ruleset is None:
+        return 2
+    print(
+        f"{args.file}: OK ({ruleset.name} {ruleset.version}, {len(ruleset.tests)} test(s), "
+        f"{len(ruleset.cases)} case(s), biologist {ruleset.responsible_biologist})"
+    )
+    return 0
+
+
+def _rules_test(args: argparse.Namespace) -> int:
+    from middleware.validation.cases import run_cases
+
+    ruleset = _load_rules(args.file)
+    if ruleset is None:
+        return 2
+    outcomes = run_cases(ruleset)
+    for outcome in outcomes:
+        mark = "ok  " if outcome.passed else "FAIL"
+        line = f"{mark} {outcome.name}"
+        if not outcome.passed:
+            line += f": expected {outcome.expected}, obtained {outcome.obtained}"
+        print(line)
+    failed = sum(not o.passed for o in outcomes)
+    print(f"{len(outcomes) - failed} passed, {failed} failed")
+    return 1 if failed or not outcomes else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labgate", description="Instrument middleware for medical laboratories."
@@ -192,6 +234,15 @@ def _parser() -> argparse.ArgumentParser:
     hl7_decode.add_argument("file")
     hl7_decode.add_argument("--no-validate", action="store_true", help="skip hl7apy checks")
     hl7_decode.set_defaults(handler=_hl7_decode)
+
+    rules = commands.add_parser("rules", help="auto-validation rule sets")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
+    rules_check = rules_commands.add_parser("check", help="validate a rule-set file")
+    rules_check.add_argument("file")
+    rules_check.set_defaults(handler=_rules_check)
+    rules_test = rules_commands.add_parser("test", help="run a rule set's embedded test cases")
+    rules_test.add_argument("file")
+    rules_test.set_defaults(handler=_rules_test)
 
     status = commands.add_parser("status", help="show a running daemon's health")
     status.add_argument(

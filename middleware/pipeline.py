@@ -63,23 +63,30 @@ class Pipeline:
     ) -> list[Decision]:
         """Decisions for every result of one specimen; `previous` maps a test code to the
         patient's previous result for it (from another specimen)."""
-        ruleset = self.ruleset
-        if ruleset is None:
-            return [decide_without_rules(result) for result in report.results]
         decisions: list[Decision] = []
         for result in report.results:
-            if result.is_qc:
-                decisions.append(("", ()))
-                continue
             others = tuple(r for r in report.results if r is not result)
-            reasons = evaluate(ruleset, result, SpecimenContext(others=others))
-            decisions.append(decide(reasons, self._delta(result, previous)))
+            code = result.lis_code or result.test_code
+            decisions.append(
+                self.decide_result(result, SpecimenContext(others=others), previous.get(code))
+            )
         return decisions
 
-    def _delta(self, result: Result, previous: Mapping[str, delta_check.Previous]) -> list[str]:
+    def decide_result(
+        self, result: Result, context: SpecimenContext, previous: delta_check.Previous | None
+    ) -> Decision:
+        """One result in its specimen, with the patient's previous result for the same test."""
+        if self.ruleset is None or result.is_qc:
+            return decide_without_rules(result)
+        reasons = evaluate(self.ruleset, result, context)
+        return decide(reasons, self._delta(result, previous))
+
+    def _delta(self, result: Result, previous: delta_check.Previous | None) -> list[str]:
         code = result.lis_code or result.test_code
         rules = self.ruleset.rules_for(code) if self.ruleset else None
         if rules is None or rules.delta is None or result.numeric is None:
+            return []
+        if result.measured_at is None:
             return []
         settings = rules.delta
         rule = delta_check.DeltaRule(
@@ -90,9 +97,7 @@ class Pipeline:
             cva=settings.cva,
             cvi=settings.cvi,
         )
-        if result.measured_at is None:
-            return []
         outcome = delta_check.check(
-            result.numeric, result.units, result.measured_at, previous.get(code), rule
+            result.numeric, result.units, result.measured_at, previous, rule
         )
         return list(outcome.reasons)

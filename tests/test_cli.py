@@ -70,3 +70,25 @@ def test_simulate_is_reachable_from_labgate() -> None:
     result = labgate("simulate", "analyser", "--help")
     assert result.returncode == 0
     assert "--drop-acks" in result.stdout and "--replay" in result.stdout
+
+
+def test_rules_check_and_test_on_the_example(tmp_path: Path) -> None:
+    checked = labgate("rules", "check", "config/rules/example.yaml")
+    assert checked.returncode == 0 and "chemistry-example" in checked.stdout
+    tested = labgate("rules", "test", "config/rules/example.yaml")
+    assert tested.returncode == 0, tested.stdout
+    assert tested.stdout.strip().endswith("14 passed, 0 failed")
+    wrong = tmp_path / "wrong.yaml"
+    text = (ROOT / "config" / "rules" / "example.yaml").read_text()
+    wrong.write_text(
+        text.replace(
+            "expect: {decision: held, reasons: [delta_exceeded]}",
+            "expect: {decision: autovalidated}",
+        )
+    )
+    failing = labgate("rules", "test", str(wrong))
+    assert failing.returncode == 1 and "FAIL glucose rising" in failing.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("method: percent", "method: guess"))
+    refused = labgate("rules", "check", str(broken))
+    assert refused.returncode == 2 and "tests.GLU.delta.method" in refused.stderr
