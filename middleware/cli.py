@@ -6,6 +6,7 @@
     labgate astm decode FILE            print an ASTM capture as JSON lines, one per record
     labgate hl7 decode FILE             print HL7 messages as JSON lines with validation findings
     labgate rules check|test FILE       validate a rule set / run its embedded test cases
+    labgate replay --rules F --input EVENTS.jsonl [--output F | --compare OTHER_RULES]
     labgate simulate analyser|lis ...   run a simulated analyser or LIS (fault injection)
 
 Exit codes: 0 success, 1 the daemon or the request failed, 2 bad input (usage, configuration).
@@ -193,6 +194,50 @@ def _rules_test(args: argparse.Namespace) -> int:
     return 1 if failed or not outcomes else 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from middleware.validation.replay import ReplayError, compare, read_events, replay
+
+    ruleset = _load_rules(args.rules)
+    other = _load_rules(args.compare) if args.compare else None
+    if ruleset is None or (args.compare and other is None):
+        return 2
+    try:
+        with open(args.input, encoding="utf-8") as lines:
+            events = list(read_events(lines))
+    except OSError as exc:
+        print(f"labgate: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ReplayError as exc:
+        print(f"labgate: {args.input}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if other is not None:
+            comparison = compare(ruleset, other, events)
+            print(
+                json.dumps(
+                    {
+                        "results": comparison.results,
+                        "changed": dict(comparison.changed),
+                        "examples": comparison.examples,
+                    },
+                    ensure_ascii=False,
+                    indent=2,
+                )
+            )
+            return 0
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for decision in replay(ruleset, events):
+                out.write(json.dumps(decision, ensure_ascii=False) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    except ReplayError as exc:
+        print(f"labgate: {args.input}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labgate", description="Instrument middleware for medical laboratories."
@@ -243,6 +288,15 @@ def _parser() -> argparse.ArgumentParser:
     rules_test = rules_commands.add_parser("test", help="run a rule set's embedded test cases")
     rules_test.add_argument("file")
     rules_test.set_defaults(handler=_rules_test)
+
+    replay = commands.add_parser(
+        "replay", help="decide past results with a rule set, without touching the store"
+    )
+    replay.add_argument("--rules", required=True, help="rule-set file")
+    replay.add_argument("--input", required=True, help="events, JSON lines (results and QC)")
+    replay.add_argument("--output", help="decisions, JSON lines (default: standard output)")
+    replay.add_argument("--compare", metavar="OTHER_RULES", help="count what changes with another")
+    replay.set_defaults(handler=_replay)
 
     status = commands.add_parser("status", help="show a running daemon's health")
     status.add_argument(

@@ -92,3 +92,72 @@ def test_rules_check_and_test_on_the_example(tmp_path: Path) -> None:
     broken.write_text(text.replace("method: percent", "method: guess"))
     refused = labgate("rules", "check", str(broken))
     assert refused.returncode == 2 and "tests.GLU.delta.method" in refused.stderr
+
+
+def test_replay_prints_a_decision_per_result_and_compares(tmp_path: Path) -> None:
+    import json
+
+    events = tmp_path / "events.jsonl"
+    lines = [
+        {
+            "kind": "result",
+            "id": "r1",
+            "patient": "P1",
+            "specimen": "S1",
+            "test": "GLU",
+            "value": "5.2",
+            "unit": "mmol/L",
+            "flags": ["N"],
+            "at": "2026-11-20T08:00:00+00:00",
+        },
+        {
+            "kind": "qc",
+            "instrument": "chem-1",
+            "test": "GLU",
+            "level": "1",
+            "lot": "L1",
+            "value": 5.1,
+            "at": "2026-11-20T07:00:00+00:00",
+        },
+        {
+            "kind": "result",
+            "id": "r2",
+            "patient": "P1",
+            "specimen": "S2",
+            "test": "GLU",
+            "value": "8.0",
+            "unit": "mmol/L",
+            "flags": ["H"],
+            "at": "2026-11-20T20:00:00+00:00",
+        },
+    ]
+    events.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    output = tmp_path / "decisions.jsonl"
+    result = labgate(
+        "replay",
+        "--rules",
+        "config/rules/example.yaml",
+        "--input",
+        str(events),
+        "--output",
+        str(output),
+    )
+    assert result.returncode == 0, result.stderr
+    decided = [json.loads(line) for line in output.read_text().splitlines()]
+    assert decided == [
+        {"id": "r1", "decision": "autovalidated", "reasons": []},
+        {"id": "r2", "decision": "held", "reasons": ["delta_exceeded"]},
+    ]
+    same = labgate(
+        "replay",
+        "--rules",
+        "config/rules/example.yaml",
+        "--input",
+        str(events),
+        "--compare",
+        "config/rules/example.yaml",
+    )
+    assert same.returncode == 0 and json.loads(same.stdout)["changed"] == {}
+    events.write_text("not json\n")
+    bad = labgate("replay", "--rules", "config/rules/example.yaml", "--input", str(events))
+    assert bad.returncode == 2 and "line 1" in bad.stderr

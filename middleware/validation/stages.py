@@ -196,7 +196,8 @@ def evaluate(ruleset: RuleSet, result: Result, specimen: SpecimenContext) -> lis
     reasons += check_reportable_range(result, test)
     reasons += check_critical(result, test)
     reasons += check_autoverify_range(result, test)
-    reasons += check_named_rules(test, rule_context(result, specimen))
+    if test.rules:  # the context (every result of the specimen) is built only when needed
+        reasons += check_named_rules(test, rule_context(result, specimen))
     return reasons
 
 
