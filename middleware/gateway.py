@@ -34,6 +34,7 @@ from middleware.lis.sender import LisSender
 from middleware.pipeline import Pipeline
 from middleware.sessions.astm import AstmSession
 from middleware.sessions.hl7 import Hl7Session
+from middleware.sessions.services import SessionServices
 from middleware.store import Store
 from middleware.validation.ruleset import load_ruleset
 from middleware.web.app import create_app
@@ -133,30 +134,22 @@ class Gateway:
             )
             if pipeline.ruleset is not None:
                 log.info("rule_set_loaded", rule_set=pipeline.version, biologist=pipeline.biologist)
+            services = SessionServices(
+                self.store,
+                self.health,
+                lis.name,
+                sender.wake,
+                pipeline=pipeline,
+                ask_lis=ask_lis,
+                gateway_name=settings.gateway,
+            )
             for instrument in settings.instruments:
                 session: AstmSession | Hl7Session
                 tls = getattr(instrument, "tls", None)
                 if isinstance(instrument, Hl7InstrumentSettings):
-                    session = Hl7Session(
-                        instrument,
-                        self.store,
-                        self.health,
-                        lis.name,
-                        sender.wake,
-                        ask_lis,
-                        pipeline,
-                    )
+                    session = Hl7Session(instrument, services)
                 else:
-                    session = AstmSession(
-                        instrument,
-                        self.store,
-                        self.health,
-                        lis.name,
-                        sender.wake,
-                        gateway_name=settings.gateway,
-                        ask_lis=ask_lis,
-                        pipeline=pipeline,
-                    )
+                    session = AstmSession(instrument, services)
                 self.sessions[instrument.name] = session
                 transport = instrument.transport
                 kind = transport.type + ("+tls" if tls else "")

@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -28,19 +28,14 @@ import structlog
 
 from drivers import registry
 from drivers.base import DriverError
-from drivers.models import Order
 from middleware.config.settings import AstmInstrumentSettings
-from middleware.health import Health
-from middleware.pipeline import Pipeline
 from middleware.sessions.deciding import decide_reports
-from middleware.store import IncomingMessage, Store, StoreUnavailable
+from middleware.sessions.services import SessionServices
+from middleware.store import IncomingMessage, StoreUnavailable
 from protocols import astm
 from protocols.errors import RemoteProtocolError
 
 __all__ = ["AstmSession", "completes_message"]
-
-#: Forwards a query for specimens labgate holds no order for to the LIS (LAB-27).
-AskLis = Callable[[Sequence[str], str], Awaitable[list[tuple[int, Order]]]]
 
 log = structlog.get_logger("labgate.astm")
 
@@ -74,26 +69,15 @@ def completes_message(text: bytes) -> bool:
 class AstmSession:
     """One analyser: serves each connection it makes (or labgate opens) to it."""
 
-    def __init__(
-        self,
-        settings: AstmInstrumentSettings,
-        store: Store,
-        health: Health,
-        lis: str,
-        on_stored: Callable[[], None],
-        *,
-        gateway_name: str = "LABGATE",
-        ask_lis: AskLis | None = None,
-        pipeline: Pipeline | None = None,
-    ) -> None:
+    def __init__(self, settings: AstmInstrumentSettings, services: SessionServices) -> None:
         self.settings = settings
-        self.store = store
-        self.health = health
-        self.lis = lis
-        self.on_stored = on_stored
-        self.gateway_name = gateway_name
-        self.ask_lis = ask_lis
-        self.pipeline = pipeline or Pipeline()
+        self.store = services.store
+        self.health = services.health
+        self.lis = services.lis
+        self.on_stored = services.on_stored
+        self.gateway_name = services.gateway_name
+        self.ask_lis = services.ask_lis
+        self.pipeline = services.pipeline
         self.driver = registry.resolve(settings.driver)
         self._timers = astm.Timers(
             establish=settings.timers.establish,

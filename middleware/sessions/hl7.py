@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -20,11 +19,10 @@ import structlog
 from drivers.hl7_results import reports_from_hl7
 from drivers.models import Order
 from middleware.config.settings import Hl7InstrumentSettings
-from middleware.health import Health
 from middleware.io.mllp import answer_messages
-from middleware.pipeline import Pipeline
 from middleware.sessions.deciding import decide_reports
-from middleware.store import IncomingMessage, Store, StoreUnavailable
+from middleware.sessions.services import SessionServices
+from middleware.store import IncomingMessage, StoreUnavailable
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import (
     OrderPatient,
@@ -36,9 +34,6 @@ from protocols.hl7 import (
 from protocols.hl7.inbound import parse_results_message
 
 __all__ = ["Hl7Session"]
-
-#: Forwards a query for specimens labgate holds no order for to the LIS (LAB-27).
-AskLis = Callable[[Sequence[str], str], Awaitable[list[tuple[int, Order]]]]
 
 log = structlog.get_logger("labgate.hl7")
 
@@ -77,23 +72,14 @@ def _control_id() -> str:
 class Hl7Session:
     """One HL7 analyser: serves each MLLP connection it makes (or labgate opens) to it."""
 
-    def __init__(
-        self,
-        settings: Hl7InstrumentSettings,
-        store: Store,
-        health: Health,
-        lis: str,
-        on_stored: Callable[[], None],
-        ask_lis: AskLis | None = None,
-        pipeline: Pipeline | None = None,
-    ) -> None:
+    def __init__(self, settings: Hl7InstrumentSettings, services: SessionServices) -> None:
         self.settings = settings
-        self.store = store
-        self.health = health
-        self.lis = lis
-        self.on_stored = on_stored
-        self.ask_lis = ask_lis
-        self.pipeline = pipeline or Pipeline()
+        self.store = services.store
+        self.health = services.health
+        self.lis = services.lis
+        self.on_stored = services.on_stored
+        self.ask_lis = services.ask_lis
+        self.pipeline = services.pipeline
         self.idle_state = "listening"
         self._active = 0
 
