@@ -30,7 +30,7 @@ from drivers import registry
 from drivers.base import DriverError
 from middleware.config.settings import AstmInstrumentSettings
 from middleware.sessions.deciding import decide_reports
-from middleware.sessions.services import SessionServices
+from middleware.sessions.services import AnalyserSession, SessionServices
 from middleware.store import IncomingMessage, StoreUnavailable
 from protocols import astm
 from protocols.errors import RemoteProtocolError
@@ -66,13 +66,13 @@ def completes_message(text: bytes) -> bool:
     return False
 
 
-class AstmSession:
+class AstmSession(AnalyserSession):
     """One analyser: serves each connection it makes (or labgate opens) to it."""
 
     def __init__(self, settings: AstmInstrumentSettings, services: SessionServices) -> None:
+        super().__init__(settings.name, services.health)
         self.settings = settings
         self.store = services.store
-        self.health = services.health
         self.lis = services.lis
         self.on_stored = services.on_stored
         self.gateway_name = services.gateway_name
@@ -85,9 +85,7 @@ class AstmSession:
             receive=settings.timers.receive,
             busy=settings.timers.busy,
         )
-        self._active = 0
         self._conversations: set[_Conversation] = set()
-        self.idle_state = "listening"
 
     def new_link(self) -> LinkCore:
         """A fresh link core for one connection, as the configuration frames it."""
@@ -100,38 +98,14 @@ class AstmSession:
         for conversation in self._conversations:
             conversation.poke()
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Handle one connection with the analyser until it closes."""
-        name = self.settings.name
-        peer = writer.get_extra_info("peername")
-        connection_id = uuid.uuid4().hex[:8]
-        self._active += 1
-        self.health.set_state(name, "connected")
+    async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: its link core and conversation, until the analyser hangs up."""
         conversation = _Conversation(self, reader, writer)
         self._conversations.add(conversation)
-        with structlog.contextvars.bound_contextvars(instrument=name, connection=connection_id):
-            log.info("analyser_connected", peer=f"{peer[0]}:{peer[1]}" if peer else None)
-            try:
-                await conversation.run()
-            except (ConnectionError, OSError) as exc:
-                log.warning("analyser_connection_lost", error=str(exc))
-            except Exception:
-                # A labgate bug (LocalProtocolError...): drop this connection loudly, keep the
-                # daemon and every other analyser running; the analyser reconnects and resends
-                # whatever it had not been acknowledged for.
-                self.health.count(name, "errors")
-                log.exception("analyser_session_failed")
-            finally:
-                self._conversations.discard(conversation)
-                self._active -= 1
-                if self._active == 0:
-                    self.health.set_state(name, self.idle_state)
-                writer.close()
-                try:
-                    await writer.wait_closed()
-                except (ConnectionError, OSError):
-                    pass
-                log.info("analyser_disconnected")
+        try:
+            await conversation.run()
+        finally:
+            self._conversations.discard(conversation)
 
 
 class _Conversation:

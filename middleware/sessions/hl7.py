@@ -21,7 +21,7 @@ from drivers.models import Order
 from middleware.config.settings import Hl7InstrumentSettings
 from middleware.io.mllp import answer_messages
 from middleware.sessions.deciding import decide_reports
-from middleware.sessions.services import SessionServices
+from middleware.sessions.services import AnalyserSession, SessionServices
 from middleware.store import IncomingMessage, StoreUnavailable
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import (
@@ -69,52 +69,27 @@ def _control_id() -> str:
     return "LGA" + uuid.uuid4().hex[:17].upper()
 
 
-class Hl7Session:
+class Hl7Session(AnalyserSession):
     """One HL7 analyser: serves each MLLP connection it makes (or labgate opens) to it."""
 
     def __init__(self, settings: Hl7InstrumentSettings, services: SessionServices) -> None:
+        super().__init__(settings.name, services.health)
         self.settings = settings
         self.store = services.store
-        self.health = services.health
         self.lis = services.lis
         self.on_stored = services.on_stored
         self.ask_lis = services.ask_lis
         self.pipeline = services.pipeline
-        self.idle_state = "listening"
-        self._active = 0
 
     def orders_waiting(self) -> None:
         """HL7 analysers ask for their work (LAB-27 queries); pushing it to them (LAB-28
         OML^O33 from labgate) is not done yet."""
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        name = self.settings.name
-        peer = writer.get_extra_info("peername")
-        self._active += 1
-        self.health.set_state(name, "connected")
-        with structlog.contextvars.bound_contextvars(
-            instrument=name, connection=uuid.uuid4().hex[:8]
-        ):
-            log.info("analyser_connected", peer=f"{peer[0]}:{peer[1]}" if peer else None)
-            try:
-                await answer_messages(
-                    reader, writer, self._handle, self._refused, self.settings.max_message
-                )
-            except (ConnectionError, OSError) as exc:
-                log.warning("analyser_connection_lost", error=str(exc))
-            except Exception:
-                self.health.count(name, "errors")
-                log.exception("analyser_session_failed")
-            finally:
-                self._active -= 1
-                if self._active == 0:
-                    self.health.set_state(name, self.idle_state)
-                writer.close()
-                try:
-                    await writer.wait_closed()
-                except (ConnectionError, OSError):
-                    pass
-                log.info("analyser_disconnected")
+    async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer each message on the connection, in order, after it is committed."""
+        await answer_messages(
+            reader, writer, self._handle, self._refused, self.settings.max_message
+        )
 
     def _refused(self, exc: RemoteProtocolError) -> None:
         self.health.count(self.settings.name, "errors")
