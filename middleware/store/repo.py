@@ -203,13 +203,7 @@ class Store:
                     message_id=incoming.message_id,
                     instrument=incoming.connection,
                     specimen_id=report.specimen_id,
-                    patient_id=report.patient.patient_id,
-                    family_name=report.patient.family_name,
-                    given_name=report.patient.given_name,
-                    birth_date=report.patient.birth_date.isoformat()
-                    if report.patient.birth_date
-                    else "",
-                    sex=report.patient.sex,
+                    **_patient_columns(report.patient),
                     collected_at=report.collected_at,
                     is_qc=report.is_qc,
                 )
@@ -525,17 +519,7 @@ class Store:
             reports.append(
                 SpecimenReport(
                     specimen_id=specimen.specimen_id,
-                    patient=Patient(
-                        patient_id=specimen.patient_id,
-                        family_name=specimen.family_name,
-                        given_name=specimen.given_name,
-                        birth_date=(
-                            datetime.fromisoformat(specimen.birth_date).date()
-                            if specimen.birth_date
-                            else None
-                        ),
-                        sex=specimen.sex,
-                    ),
+                    patient=_patient_of(specimen),
                     results=results,
                     collected_at=utc(specimen.collected_at),
                     is_qc=specimen.is_qc,
@@ -661,15 +645,33 @@ def _result_row(
     )
 
 
+def _patient_columns(patient: Patient) -> dict[str, str]:
+    """A patient as the specimens and orders tables keep it (birth date as ISO text or "")."""
+    return {
+        "patient_id": patient.patient_id,
+        "family_name": patient.family_name,
+        "given_name": patient.given_name,
+        "birth_date": patient.birth_date.isoformat() if patient.birth_date else "",
+        "sex": patient.sex,
+    }
+
+
+def _patient_of(row: SpecimenRow | OrderRow) -> Patient:
+    """The patient back from a specimens or orders row."""
+    return Patient(
+        patient_id=row.patient_id,
+        family_name=row.family_name,
+        given_name=row.given_name,
+        birth_date=datetime.fromisoformat(row.birth_date).date() if row.birth_date else None,
+        sex=row.sex,
+    )
+
+
 def _order_row(order: Order, instrument: str) -> OrderRow:
     return OrderRow(
         specimen_id=order.specimen_id,
         instrument=instrument,
-        patient_id=order.patient.patient_id,
-        family_name=order.patient.family_name,
-        given_name=order.patient.given_name,
-        birth_date=order.patient.birth_date.isoformat() if order.patient.birth_date else "",
-        sex=order.patient.sex,
+        **_patient_columns(order.patient),
         tests=list(order.tests),
         priority=order.priority,
         action=order.action,
@@ -683,13 +685,7 @@ def _order_row(order: Order, instrument: str) -> OrderRow:
 def _order_model(row: OrderRow) -> Order:
     return Order(
         specimen_id=row.specimen_id,
-        patient=Patient(
-            patient_id=row.patient_id,
-            family_name=row.family_name,
-            given_name=row.given_name,
-            birth_date=datetime.fromisoformat(row.birth_date).date() if row.birth_date else None,
-            sex=row.sex,
-        ),
+        patient=_patient_of(row),
         tests=tuple(row.tests),
         priority=row.priority,
         collected_at=utc(row.collected_at),
