@@ -4,9 +4,14 @@ It plays an IHE LAW analyser (LAB-29 results, LAB-27 queries) or a plain ORU^R01
 MLLP client (it connects to labgate's port) or as the server (labgate connects to it), in
 clear or over TLS (with a client certificate for mutual TLS, see `simulators.tls`).
 
-`send(message)` waits for the answer (ACK, ORL or RSP) and returns its acknowledgement; orders
-labgate pushes (OML^O33, ORM^O01) are acknowledged AA and kept in `orders_received`. Every
+`send(message)` waits for the answer (ACK, ORL or RSP) and returns its acknowledgement. Every
 message the peer sent is in `received`.
+
+Orders (IHE LAW LAB-28): labgate pushes OML^O33 or ORM^O01 either on the results connection or,
+the LAW way, to the analyser's own order listener (`start_order_listener`, an MLLP server; TLS
+optional). Either way each is kept in `orders_received` and answered ORL^O34 (ACK for an ORM) with
+`order_ack`, or with the codes of `order_acks` first; ``"none"`` leaves it unanswered, as an
+analyser that lost it would.
 
 Quirks seen on real analysers, for labgate's tolerance tests: LF instead of CR between
 segments (`lf_separators`), OBX-1 counted from 0 (`obx_from_zero`), and a QC specimen
@@ -20,10 +25,12 @@ import contextlib
 import itertools
 import random
 import ssl as _ssl
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import (
+    ACK_CODES,
     Ack,
     MessageHeader,
     MllpFramer,
@@ -35,11 +42,23 @@ from protocols.hl7 import (
     message_control_id,
     mllp_frame,
 )
-from protocols.hl7.orders_in import InboundOrders, parse_rsp_k11
-from protocols.hl7.outbound import build_oul_r22, build_qbp_q11, read_answer
+from protocols.hl7.orders_in import InboundOrders, parse_order_message, parse_rsp_k11
+from protocols.hl7.outbound import build_orl, build_oul_r22, build_qbp_q11, read_answer
 from simulators.analyser import demo_results
 
-__all__ = ["Hl7AnalyserSimulator"]
+__all__ = ["NO_ANSWER", "Hl7AnalyserSimulator"]
+
+#: An `order_ack` (or `order_acks` entry) that leaves the order unanswered.
+NO_ANSWER = "none"
+
+
+def _message_type(message: bytes) -> bytes:
+    """MSH-9.1 (``OML``, ``ORM``...), read from the MSH line alone; b"" if there is none."""
+    header = message.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if not header.startswith(b"MSH") or len(header) < 5:
+        return b""
+    fields = header.split(header[3:4])
+    return fields[8].split(header[4:5], 1)[0].strip().upper() if len(fields) > 8 else b""
 
 
 class Hl7AnalyserSimulator:
@@ -49,6 +68,8 @@ class Hl7AnalyserSimulator:
     (`start()` returns the port) and talks to the first connection labgate opens. `ssl` is
     the context for either side; `server_hostname` the name to check in client mode
     (default: `host`). `kind` is ``"OUL"`` (OUL^R22) or ``"ORU"`` (ORU^R01).
+    `order_ack`, `order_acks`, `order_ack_text` and `on_order` concern the orders labgate
+    pushes (see the module docstring); `on_order(message, code)` is called for each.
     """
 
     def __init__(
@@ -66,6 +87,10 @@ class Hl7AnalyserSimulator:
         ack_timeout: float = 10.0,
         name: str = "SIM-HL7",
         seed: int | None = None,
+        order_ack: str = "AA",
+        order_acks: Sequence[str] = (),
+        order_ack_text: str = "order refused by the simulated analyser",
+        on_order: Callable[[bytes, str], None] | None = None,
     ) -> None:
         if mode not in ("client", "server"):
             raise ValueError(f"mode must be client or server, not {mode!r}")
@@ -73,6 +98,9 @@ class Hl7AnalyserSimulator:
             raise ValueError(f"kind must be OUL or ORU, not {kind!r}")
         if qc and kind != "OUL":
             raise ValueError("a QC specimen (SPM-11 Q) needs OUL^R22")
+        for code in (order_ack, *order_acks):
+            if code != NO_ANSWER and code not in ACK_CODES:
+                raise ValueError(f"an order answer is one of {sorted(ACK_CODES)} or {NO_ANSWER!r}")
         self.host, self.port, self.mode, self.ssl = host, port, mode, ssl
         self.server_hostname = server_hostname
         self.kind = kind
@@ -80,8 +108,15 @@ class Hl7AnalyserSimulator:
         self.ack_timeout = ack_timeout
         self.name = name
         self.received: list[bytes] = []  #: every message the peer sent, in order
-        self.orders_received: list[bytes] = []  #: unsolicited messages (orders), acknowledged AA
+        self.orders_received: list[bytes] = []  #: orders (any unsolicited message), in order
+        self.order_answers: list[str] = []  #: the code each got, or NO_ANSWER
         self.acks: list[Ack] = []  #: answers to what `send` sent
+        self.order_ack = order_ack
+        self.order_acks = list(order_acks)
+        self.order_ack_text = order_ack_text
+        self.on_order = on_order
+        self._order_server: asyncio.Server | None = None
+        self._order_writers: set[asyncio.StreamWriter] = set()
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -120,8 +155,69 @@ class Hl7AnalyserSimulator:
         self._connected.set()
         self._reader_task = asyncio.create_task(self._read(reader, writer))
 
+    async def start_order_listener(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl: _ssl.SSLContext | None = None
+    ) -> int:
+        """Listen for labgate's orders (LAW: the sender connects); returns the bound port."""
+        self._order_server = await asyncio.start_server(self._serve_orders, host, port, ssl=ssl)
+        return int(self._order_server.sockets[0].getsockname()[1])
+
+    async def _serve_orders(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._order_writers.add(writer)
+        framer = MllpFramer()
+        try:
+            while data := await reader.read(65536):
+                framer.receive_data(data)
+                while True:
+                    try:
+                        payload = framer.next_message()
+                    except RemoteProtocolError:
+                        continue
+                    if payload is None:
+                        break
+                    self.received.append(payload)
+                    answer = self._answer_order(payload)
+                    if answer is not None:
+                        writer.write(mllp_frame(answer))
+                        await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._order_writers.discard(writer)
+            writer.close()
+
+    def _answer_order(self, payload: bytes) -> bytes | None:
+        """Keep an order and build its answer (None: the order stays unanswered)."""
+        code = self.order_acks.pop(0) if self.order_acks else self.order_ack
+        self.orders_received.append(payload)
+        self.order_answers.append(code)
+        if self.on_order is not None:
+            self.on_order(payload, code)
+        if code == NO_ANSWER:
+            return None
+        text = "" if code in ("AA", "CA") else self.order_ack_text
+        now = datetime.now(UTC)
+        try:
+            if _message_type(payload) == b"OML":
+                return build_orl(payload, code, self._control_id(), now, text)
+            return build_ack(payload, code, self._control_id(), now, text)
+        except RemoteProtocolError:
+            return None
+
+    def received_orders(self) -> list[InboundOrders]:
+        """`orders_received`, read (protocols.hl7.orders_in.parse_order_message)."""
+        return [parse_order_message(message) for message in self.orders_received]
+
     async def close(self) -> None:
-        """Close the connection (and the server in server mode)."""
+        """Close the connection (and the server in server mode, and the order listener)."""
+        if self._order_server is not None:
+            self._order_server.close()
+            for writer in list(self._order_writers):
+                writer.close()
+            await self._order_server.wait_closed()
+            self._order_server = None
         if self._server is not None:
             self._server.close()
         if self._writer is not None:
@@ -170,13 +266,10 @@ class Hl7AnalyserSimulator:
             if future is not None and not future.done():
                 future.set_result(answer)
             return
-        # Not an answer: an order (or anything else) labgate sent us; acknowledge it.
-        self.orders_received.append(payload)
-        try:
-            ack = build_ack(payload, "AA", self._control_id(), datetime.now(UTC))
-        except RemoteProtocolError:
-            return
-        writer.write(mllp_frame(ack))
+        # Not an answer: an order (or anything else) labgate sent on this connection.
+        reply = self._answer_order(payload)
+        if reply is not None:
+            writer.write(mllp_frame(reply))
 
     # --- messages ------------------------------------------------------------------------
 

@@ -4,6 +4,11 @@ Results are ORU^R01 or IHE LAW OUL^R22, read by `protocols.hl7.inbound.parse_res
 `ReceivedMessage.parsed` holds them as a flat `ParsedOru` (observations in specimen order).
 
 Tests compare what it received with what the analyser sent; `make run` shows it filling a folder.
+With `fast_ack=True` it answers from the MSH line alone (MSH-10 and the fields an ACK copies),
+every message of one TCP read in one write, and reads the results only when a test asks for
+them (`ReceivedMessage.parsed`): a LIS cheap enough for a throughput benchmark to measure the
+sender rather than the simulator.
+
 Faults for tests: answer AE/AR instead of AA (always, or for the next answers in `ack_codes`),
 answer late, say nothing at all, or drop the connection without answering (once, after
 `drop_connection_after` messages).
@@ -21,7 +26,6 @@ import itertools
 import ssl as _ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from protocols.hl7 import (
     message_control_id,
     mllp_frame,
 )
+from protocols.hl7._er7 import format_ts, msh_field, msh_fields
 from protocols.hl7.inbound import InboundResults, parse_results_message
 from protocols.hl7.orders_in import InboundQuery, parse_qbp_q11
 from protocols.hl7.outbound import (
@@ -88,17 +93,118 @@ def _as_parsed_oru(results: InboundResults) -> ParsedOru:
     )
 
 
-@dataclass(frozen=True, slots=True)
 class ReceivedMessage:
-    """One message as the simulated LIS got it, with what it answered."""
+    """One message as the simulated LIS got it, with what it answered.
 
-    raw: bytes
-    parsed: ParsedOru | None
-    error: str | None
-    received_at: datetime
-    ack_code: str | None
-    query: InboundQuery | None = None  #: set for a QBP^Q11 (answered with RSP^K11)
-    answer: bytes | None = None  #: what was sent back (ACK or RSP), None if nothing
+    `parsed` (the results, None when unreadable) and `error` (why not) are read from `raw`
+    when first asked for if the message was only acknowledged from its MSH (`fast_ack`).
+    """
+
+    __slots__ = (
+        "_error",
+        "_parsed",
+        "_unread",
+        "ack_code",
+        "answer",
+        "query",
+        "raw",
+        "received_at",
+    )
+
+    def __init__(
+        self,
+        raw: bytes,
+        parsed: ParsedOru | None,
+        error: str | None,
+        received_at: datetime,
+        ack_code: str | None,
+        query: InboundQuery | None = None,
+        answer: bytes | None = None,
+        *,
+        unread: bool = False,
+    ) -> None:
+        self.raw = raw
+        self._parsed = parsed
+        self._error = error
+        self._unread = unread
+        self.received_at = received_at
+        self.ack_code = ack_code
+        self.query = query  #: set for a QBP^Q11 (answered with RSP^K11)
+        self.answer = answer  #: what was sent back (ACK or RSP), None if nothing
+
+    @property
+    def parsed(self) -> ParsedOru | None:
+        self._read()
+        return self._parsed
+
+    @property
+    def error(self) -> str | None:
+        self._read()
+        return self._error
+
+    def _read(self) -> None:
+        if self._unread:
+            self._unread = False
+            self._parsed, self._error = _read_results(self.raw)
+
+    def __repr__(self) -> str:
+        control = message_control_id(self.raw) if self.raw.lstrip().startswith(b"MSH") else "?"
+        return f"<ReceivedMessage {control} ack={self.ack_code}>"
+
+
+def _read_results(message: bytes) -> tuple[ParsedOru | None, str | None]:
+    try:
+        return _as_parsed_oru(parse_results_message(message)), None
+    except RemoteProtocolError as exc:
+        return None, str(exc)
+
+
+def _has_msh(message: bytes) -> bool:
+    try:
+        msh_fields(message)
+    except RemoteProtocolError:
+        return False
+    return True
+
+
+def _ack_fields(message: bytes) -> list[bytes] | None:
+    """The raw MSH fields of `message` if an ACK can copy them as they are: the standard
+    delimiters ``|^~\\&`` and an MSH-10 (else None: `build_ack` must re-encode them)."""
+    try:
+        fields = msh_fields(message)
+    except RemoteProtocolError:
+        return None
+    standard = fields[1] == b"^~\\&" and message.lstrip(b"\x0b \t\r\n")[3:4] == b"|"
+    return fields if standard and msh_field(fields, 10) else None
+
+
+def _quick_ack(fields: list[bytes], code: str, control_id: str, timestamp: str) -> bytes:
+    """The ACK `build_ack` sends, from the raw MSH `fields` (see `_ack_fields`) of the message
+    it answers. The copied fields stay in the message's own character set, as `build_ack`
+    encodes them."""
+    trigger = msh_field(fields, 9).split(b"^")[1:2]
+    msh = b"|".join(
+        (
+            b"MSH|^~\\&",
+            msh_field(fields, 5),  # 3: whom it was sent to
+            msh_field(fields, 6),
+            msh_field(fields, 3),  # 5: who sent it
+            msh_field(fields, 4),
+            timestamp.encode(),  # 7
+            b"",
+            b"ACK^" + (trigger[0] if trigger else b"") + b"^ACK",  # 9
+            control_id.encode(),
+            msh_field(fields, 11) or b"P",
+            msh_field(fields, 12),
+            b"",
+            b"",
+            b"",
+            b"",
+            b"",
+            msh_field(fields, 18).split(b"~")[0],  # 18
+        )
+    ).rstrip(b"|")
+    return b"%s\rMSA|%s|%s\r" % (msh, code.encode(), msh_field(fields, 10))
 
 
 class LisSimulator:
@@ -115,6 +221,10 @@ class LisSimulator:
       answered RSP^K11 ``OK`` with its orders, any other ``NF``. Queries are kept in `received`
       (with `query` set) but are not `delivered`.
     - `ssl`: serve MLLP over TLS with this context (`simulators.tls.server_context`).
+    - `fast_ack`: answer from the MSH line only (see the module docstring): AA (or the fault
+      settings' code) to any message with a readable MSH, AR without one; results are read
+      only when `ReceivedMessage.parsed` is asked for. Every fault above still applies;
+      `ack_delay` is waited once per TCP read.
     """
 
     def __init__(
@@ -131,6 +241,7 @@ class LisSimulator:
         on_message: Callable[[ReceivedMessage], None] | None = None,
         ssl: _ssl.SSLContext | None = None,
         orders_for_query: Mapping[str, Sequence[OrderSpec]] | None = None,
+        fast_ack: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -146,6 +257,8 @@ class LisSimulator:
         self.ssl = ssl
         self.orders_for_query: dict[str, Sequence[OrderSpec]] = dict(orders_for_query or {})
         self.sent_orders: list[bytes] = []  #: order messages `send_orders` delivered
+        self.fast_ack = fast_ack
+        self._delivered = 0  # len(self.delivered), kept so that wait_for stays O(1)
         self._server: asyncio.Server | None = None
         self._arrived = asyncio.Condition()
         self._ids = itertools.count(1)
@@ -180,7 +293,7 @@ class LisSimulator:
         """Wait until at least `count` messages were acknowledged with AA."""
         async with asyncio.timeout(timeout):
             async with self._arrived:
-                await self._arrived.wait_for(lambda: len(self.delivered) >= count)
+                await self._arrived.wait_for(lambda: self._delivered >= count)
         return self.delivered
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -193,6 +306,10 @@ class LisSimulator:
             while data := await reader.read(65536):
                 try:
                     framer.receive_data(data)
+                    if self.fast_ack:
+                        if not await self._answer_quickly(framer, writer):
+                            return
+                        continue
                     while (message := framer.next_message()) is not None:
                         if not await self._answer(message, writer):
                             return
@@ -218,24 +335,8 @@ class LisSimulator:
         if query is not None:
             await self._answer_query(message, query, writer, now)
             return True
-        try:
-            parsed: ParsedOru | None = _as_parsed_oru(parse_results_message(message))
-            error = None
-        except RemoteProtocolError as exc:
-            parsed, error = None, str(exc)
-        drop = self.drop_connection_after is not None and (
-            len(self.received) >= self.drop_connection_after
-        )
-        if drop:
-            self.drop_connection_after = None
-            self.dropped_connections += 1
-            code = None
-        elif self.silent:
-            code = None
-        elif error is not None:
-            code = "AR"
-        else:
-            code = self.ack_codes.popleft() if self.ack_codes else self.ack_code
+        parsed, error = _read_results(message)
+        code, drop = self._decide(error is None)
         if self.ack_delay and not drop:
             await asyncio.sleep(self.ack_delay)
         if drop:
@@ -249,14 +350,88 @@ class LisSimulator:
         await self._record(record)
         return not drop
 
+    def _decide(self, readable: bool, unrecorded: int = 0) -> tuple[str | None, bool]:
+        """(the code to answer or None for silence, whether to drop the connection instead)
+        for the next message, from the fault settings; `unrecorded` messages were received
+        before it but are not in `received` yet."""
+        if self.drop_connection_after is not None and (
+            len(self.received) + unrecorded >= self.drop_connection_after
+        ):
+            self.drop_connection_after = None
+            self.dropped_connections += 1
+            return None, True
+        if self.silent:
+            return None, False
+        if not readable:
+            return "AR", False
+        return (self.ack_codes.popleft() if self.ack_codes else self.ack_code), False
+
+    async def _answer_quickly(self, framer: MllpFramer, writer: asyncio.StreamWriter) -> bool:
+        """Answer every complete message `framer` holds in one write (`fast_ack`); False if
+        the connection was dropped instead (a fault)."""
+        now = datetime.now(UTC)
+        timestamp = format_ts(now)
+        answers: list[bytes] = []
+        records: list[ReceivedMessage] = []
+        dropped = False
+        while (message := framer.next_message()) is not None:
+            if b"QBP^Q11" in message.lstrip()[:200].split(b"\r", 1)[0]:
+                await self._flush(answers, records, writer)  # the query's answer comes after
+                if not await self._answer(message, writer):
+                    return False
+                continue
+            fields = _ack_fields(message)
+            readable = fields is not None or _has_msh(message)
+            code, dropped = self._decide(readable, len(records))
+            if dropped:
+                records.append(ReceivedMessage(message, None, None, now, None, unread=True))
+                break
+            ack: bytes | None = None
+            if code is not None and readable:
+                control_id = f"LIS{next(self._ids):06d}"
+                if fields is not None:
+                    ack = _quick_ack(fields, code, control_id, timestamp)
+                else:  # other delimiters, or no MSH-10: as the full path answers it
+                    ack = build_ack(message, code, control_id, now)
+                answers.append(mllp_frame(ack))
+            answered = code if ack is not None else None  # no MSH: nothing could be sent
+            records.append(
+                ReceivedMessage(message, None, None, now, answered, None, ack, unread=True)
+            )
+        if self.ack_delay and answers:
+            await asyncio.sleep(self.ack_delay)
+        await self._flush(answers, records, writer)
+        if dropped:
+            writer.transport.abort()
+        return not dropped
+
+    async def _flush(
+        self, answers: list[bytes], records: list[ReceivedMessage], writer: asyncio.StreamWriter
+    ) -> None:
+        if answers:
+            writer.write(b"".join(answers))
+            answers.clear()
+            await writer.drain()
+        if records:
+            for record in records:
+                self._keep(record)
+            records.clear()
+            async with self._arrived:  # once for the lot
+                self._arrived.notify_all()
+
     async def _record(self, record: ReceivedMessage) -> None:
+        self._keep(record)
+        async with self._arrived:
+            self._arrived.notify_all()
+
+    def _keep(self, record: ReceivedMessage) -> None:
         if self.received_dir:
             control = message_control_id(record.raw) or "unknown"
             name = f"{len(self.received) + 1:06d}-{control}.hl7"
             (self.received_dir / name).write_bytes(record.raw.replace(b"\r", b"\r\n"))
-        async with self._arrived:
-            self.received.append(record)
-            self._arrived.notify_all()
+        self.received.append(record)
+        if record.ack_code == "AA" and record.query is None:
+            self._delivered += 1
         if self.on_message is not None:
             self.on_message(record)
 

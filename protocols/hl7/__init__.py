@@ -16,7 +16,14 @@ Nothing here does I/O, logs or reads the clock: times are passed in.
 
 from __future__ import annotations
 
-from protocols.hl7.ack import ACK_CODES, Ack, build_ack, message_control_id, parse_ack
+from protocols.hl7.ack import (
+    ACK_CODES,
+    Ack,
+    build_ack,
+    message_control_id,
+    parse_ack,
+    parse_answer,
+)
 from protocols.hl7.inbound import (
     InboundObservation,
     InboundPatient,
@@ -47,10 +54,12 @@ from protocols.hl7.outbound import (
     OrderPatient,
     OrderSpec,
     build_oml_o33,
+    build_orl,
     build_orm_o01,
     build_oul_r22,
     build_qbp_q11,
     build_rsp_k11,
+    read_answer,
 )
 from protocols.hl7.validation import validate_message
 
@@ -77,6 +86,7 @@ __all__ = [
     "PatientOut",
     "build_ack",
     "build_oml_o33",
+    "build_orl",
     "build_orm_o01",
     "build_oru_r01",
     "build_oul_r22",
@@ -85,10 +95,12 @@ __all__ = [
     "message_control_id",
     "mllp_frame",
     "parse_ack",
+    "parse_answer",
     "parse_order_message",
     "parse_oru",
     "parse_qbp_q11",
     "parse_results_message",
     "parse_rsp_k11",
+    "read_answer",
     "validate_message",
 ]

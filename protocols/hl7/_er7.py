@@ -13,13 +13,18 @@ What python-hl7 gets wrong for a UTF-8 middleware is done here instead:
 - **line endings**: files and logs carry LF or CRLF where the wire has CR;
 - **timestamps** (DTM): ``YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]`` both ways.
 
+Building: the result messages sent to the LIS (ORU^R01, OUL^R22: the sender's hot path)
+are assembled as text with :func:`escape`; the python-hl7 container helpers (:func:`field`,
+:func:`segment`, :func:`render`...) serve the other builders and produce the same bytes.
+
 Nothing here does I/O or reads the clock.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -45,6 +50,7 @@ __all__ = [
     "render",
     "repeated",
     "segment",
+    "split",
 ]
 
 #: Field separator we emit (MSH-1).
@@ -65,6 +71,10 @@ _ESCAPES: dict[int, str] = {
     ord(_REPETITION): "\\R\\",
 }
 _ESCAPES.update({c: f"\\X{c:02X}\\" for c in (*range(0x20), 0x7F)})
+# Most values (codes, numbers, units) need no escape at all, and translate() with a dict
+# looks up every character: one regex scan first makes the common case ~5x faster on long
+# text (measured on the decision notes the LIS sender writes under every result).
+_NEEDS_ESCAPE = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_ESCAPES)) + "]")
 
 
 def escape(text: str) -> str:
@@ -74,6 +84,8 @@ def escape(text: str) -> str:
     C0 control character and DEL a hex escape (``\\X0D\\``), so a value can never end
     a segment or an MLLP block.  Other characters, non-ASCII included, are kept.
     """
+    if _NEEDS_ESCAPE.search(text) is None:
+        return text
     return text.translate(_ESCAPES)
 
 
@@ -230,11 +242,10 @@ class ParsedMessage:
 
     def raw_field(self, segment: Any, field: int) -> Any:
         """Field ``field`` of ``segment`` as python-hl7 holds it (``""`` when absent)."""
-        if self.name(segment) == "MSH":
-            if field == 1:
-                return self._field
-            if field == 2:
-                return str(segment[2])
+        # MSH-1 and MSH-2 are special; the segment's name is read only for them (it is the
+        # costly part of a lookup).
+        if field in (1, 2) and self.name(segment) == "MSH":
+            return self._field if field == 1 else str(segment[2])
         return segment[field] if 0 < field < len(segment) else ""
 
     def repetition_count(self, segment: Any, field: int) -> int:
@@ -255,7 +266,7 @@ class ParsedMessage:
         subcomponent: int = 1,
     ) -> str:
         """The unescaped text at ``field.repetition.component.subcomponent`` (1-based)."""
-        if self.name(segment) == "MSH" and field in (1, 2):
+        if field in (1, 2) and self.name(segment) == "MSH":
             return str(self.raw_field(segment, field))
         node = self.raw_field(segment, field)
         if not isinstance(node, str):
@@ -351,11 +362,112 @@ def parse_message(message: bytes) -> ParsedMessage:
     # python-hl7 strips whitespace around the whole message, which would eat trailing
     # spaces of the last segment's last field; a throw-away Z segment protects them.
     try:
-        parsed = hl7.parse(text + "\rZZZ")
-    except Exception as exc:  # python-hl7 raises ParseException, IndexError, ValueError...
+        parsed = split(text + "\rZZZ")
+    except Exception as exc:  # ParseException, IndexError, ValueError... as python-hl7 raises
         raise RemoteProtocolError(f"HL7 v2 message cannot be split: {exc!r}") from exc
     del parsed[-1]
     return ParsedMessage(parsed, codec)
+
+
+# python-hl7's containers, outermost first, as its parser builds them.
+_CONTAINERS: tuple[type[Any], ...] = (
+    hl7.Message,
+    hl7.Segment,
+    hl7.Field,
+    hl7.Repetition,
+    hl7.Component,
+)
+
+
+def split(text: str) -> Any:
+    """``hl7.parse(text)``, 3-4 times faster: the same ``hl7.Message`` of the same containers.
+
+    python-hl7 makes a new parse plan object at every level of every value and builds each
+    container through two ``__init__``; on an ACK that was most of the time the LIS sender
+    spent reading it.  Here the plan is worked out once per message and the containers are
+    filled directly with the attributes those ``__init__`` set.  The rules are python-hl7's,
+    quirks included (a level is split only if it holds its own or a deeper separator, MSH-1
+    and MSH-2 are fields of their own, separators are found as ``str.find`` finds them);
+    ``tests/protocols/hl7/test_hl7_split.py`` compares both on random messages.
+    """
+    message = text.strip()
+    if message[:3] not in ("MSH", "FHS", "BHS"):
+        raise hl7.ParseException(f"First segment is {message[:3]}, must be one of MHS, FHS or BHS")
+    first = message[3]
+    declared = message[3 : message.find(first, 4)]
+    separators = (
+        "\r"
+        + declared[0]
+        + (declared[2] if len(declared) > 2 else "~")
+        + (declared[1] if len(declared) > 1 else "^")
+        + (declared[4] if len(declared) > 4 else "&")
+    )
+    escape_char = declared[3] if len(declared) > 3 else "\\"
+    return _split_level(message, 0, _split_plan(separators, escape_char))
+
+
+#: One level of a split plan: the separator it splits on, a search for any separator that makes
+#: it split (its own or a deeper one), its container, the attributes that container's
+#: ``__init__`` would set, and whether python-hl7 accepts to enter it.
+_Level = tuple[str, Callable[[str], Any], type[Any], dict[str, Any], bool]
+
+
+@functools.lru_cache(maxsize=32)
+def _split_plan(separators: str, escape_char: str) -> tuple[_Level, ...]:
+    """The levels of :func:`split` for a message's delimiters (a handful per interface)."""
+    levels: list[_Level] = []
+    separator = separators[0]
+    for depth, container in enumerate(_CONTAINERS):
+        start = separators.find(separator)
+        attributes = {
+            "separator": separators[depth],
+            "esc": escape_char,
+            "separators": separators,
+            "factory": hl7.Factory,
+        }
+        splitting = re.compile("[" + "".join(re.escape(s) for s in separators[start:]) + "]")
+        # python-hl7 asserts, on entering a level, that as many separators as containers are
+        # left: declared separators that repeat (``|^^\\&``) fail it there.
+        consistent = len(_CONTAINERS) - depth == len(separators) - start
+        levels.append((separator, splitting.search, container, attributes, consistent))
+        separator = separators[start + 1] if start + 1 < len(separators) else ""
+    return tuple(levels)
+
+
+def _container(container: type[Any], attributes: dict[str, Any], items: Sequence[Any]) -> Any:
+    node = list.__new__(container)
+    node.extend(items)
+    node.__dict__.update(attributes)
+    return node
+
+
+def _split_level(value: str, depth: int, plan: tuple[_Level, ...]) -> Any:
+    if depth == len(plan):
+        return value
+    separator, splitting, container, attributes, _ = plan[depth]
+    if splitting(value) is None:
+        return _container(container, attributes, (value,))
+    items: list[Any] = []
+    if depth == 1 and value[:3] in ("MSH", "BHS", "FHS"):
+        end = value.find(value[3], 4)
+        field_attributes = plan[2][3]
+        for part in (value[:3], value[3], value[4:end]):
+            items.append(_container(hl7.Field, field_attributes, (part,)))
+        value = value[end + 1 :]
+    if value:
+        if depth + 1 < len(plan) and not plan[depth + 1][4]:
+            raise AssertionError(f"inconsistent separators {plan[0][3]['separators']!r}")
+        if depth + 1 < len(plan):
+            # Most parts hold no deeper separator: wrapped here, without a call each.
+            _, deeper, part_container, part_attributes, _ = plan[depth + 1]
+            for part in value.split(separator):
+                if deeper(part) is None:
+                    items.append(_container(part_container, part_attributes, (part,)))
+                else:
+                    items.append(_split_level(part, depth + 1, plan))
+        else:
+            items += value.split(separator)
+    return _container(container, attributes, items)
 
 
 # --- dates and times (DT, DTM/TS) ----------------------------------------------------

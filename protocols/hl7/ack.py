@@ -1,8 +1,14 @@
-"""General acknowledgements (ACK): read the LIS's answer, answer a received message.
+"""Acknowledgements: read the MSA of an answer, answer a received message with an ACK.
 
 Original mode (MSH-15/16 empty) uses AA (accepted), AE (error: resend will not help
 without a fix), AR (rejected: e.g. unsupported type or version); enhanced mode's commit
 ACKs use CA/CE/CR.  MSA-2 carries the MSH-10 of the message acknowledged.
+
+One reading of MSA serves every answer: :func:`parse_answer` takes the acknowledgement
+out of any message that carries one (a general ``ACK``, the ``ORL^O34`` answering an IHE
+LAW ``OML^O33``, ``ORL^O22`` for ``OML^O21``, ``RSP^K11`` for a query...);
+:func:`parse_ack` is the same reading for callers that accept nothing but an ``ACK``
+(the LIS sender, whose results are answered ``ACK^R01``/``ACK^R22``).
 
 The ACK we build answers any received message, even one whose body cannot be parsed:
 only its MSH is read, so an AR can still be sent for a broken message::
@@ -19,9 +25,16 @@ from typing import Any
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.hl7 import _er7 as er7
-from protocols.hl7._er7 import codec_for, format_ts, msh_field, msh_fields, parse_message
+from protocols.hl7._er7 import (
+    ParsedMessage,
+    codec_for,
+    format_ts,
+    msh_field,
+    msh_fields,
+    parse_message,
+)
 
-__all__ = ["ACK_CODES", "Ack", "build_ack", "message_control_id", "parse_ack"]
+__all__ = ["ACK_CODES", "Ack", "build_ack", "message_control_id", "parse_ack", "parse_answer"]
 
 #: Acknowledgement codes (HL7 table 0008).
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
@@ -136,16 +149,37 @@ def parse_ack(message: bytes) -> Ack:
     """Read an ACK (MSH-9 ``ACK``, an MSA with a known code).
 
     Raises RemoteProtocolError, with the reason, when the bytes are not an HL7 message,
-    not an ACK, or carry no usable MSA.
+    not an ACK, or carry no usable MSA.  Answers of other types: :func:`parse_answer`.
     """
     msg = parse_message(message)
-    msh = msg.segments[0]
-    kind = msg.get(msh, 9)
+    kind = msg.get(msg.segments[0], 9)
     if kind != "ACK":
         raise RemoteProtocolError(f"not an acknowledgement: MSH-9 is {kind!r}")
+    return _acknowledgement(msg, message)
+
+
+def parse_answer(message: bytes) -> Ack:
+    """Read the acknowledgement of any answer: its MSA, whatever MSH-9 says.
+
+    An ``ACK``, an ``ORL^O34`` (or ``ORL^O22``, ``ORR^O02``), an ``RSP^K11``: each
+    carries the MSA a sender waits for, and it is read the same way as by
+    :func:`parse_ack` (MSA-1 code, MSA-2 acknowledged control id, MSA-3 or ERR text).
+    The rest of the message (an ORL's order echo, an RSP's query answer) is left to the
+    caller.  Raises RemoteProtocolError when the bytes are not an HL7 message, have no
+    MSA (they are not an answer), or MSA-1 is no acknowledgement code.
+    """
+    return _acknowledgement(parse_message(message), message)
+
+
+def _acknowledgement(msg: ParsedMessage, message: bytes) -> Ack:
+    """The Ack of a parsed answer: MSA-1..3, the text from ERR when MSA-3 is empty."""
+    msh = msg.segments[0]
     msa = next((s for s in msg.segments if msg.name(s) == "MSA"), None)
     if msa is None:
-        raise RemoteProtocolError("acknowledgement without an MSA segment")
+        kind, trigger = msg.get(msh, 9), msg.get(msh, 9, 2)
+        raise RemoteProtocolError(
+            f"{kind}^{trigger} without an MSA segment: not an acknowledgement"
+        )
     code = msg.get(msa, 1)
     if code not in ACK_CODES:
         raise RemoteProtocolError(f"MSA-1 {code!r} is not an acknowledgement code")

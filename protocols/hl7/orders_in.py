@@ -33,7 +33,9 @@ Field choices (documented because LIS practice varies):
   no ORC → ``"N"``.  Any other ORC-1 (``SC`` status changed, ``OK``, ``RE``...) is not a
   work-order change: its items get action ``""`` and the caller skips them.
   :attr:`InboundOrder.order_control` keeps ORC-1 as sent;
-- collected_at: SPM-17.1, else OBR-7.
+- collected_at: SPM-17.1, else OBR-7;
+- specimen type: SPM-4.1, else OBR-15.1 (specimen source, where v2.3-2.4 ORM^O01 carry
+  it: ``SER``, or ``SER&Serum&HL70070`` read as ``SER``), else empty.
 
 Like :mod:`protocols.hl7.inbound`, on which it builds (decoding, PID), it raises
 RemoteProtocolError with the reason for anything unusable; every parser takes the same
@@ -183,6 +185,7 @@ class _Item:
     tests: list[tuple[str, str]] = field(default_factory=list)
     urgent: bool = False
     obr_time: datetime | None = None
+    obr_specimen_type: str = ""  # OBR-15.1 specimen source (no SPM before ORM^O01 items)
 
     def specimen_id(self) -> str:
         return first_id(self.specimen[0], self.obr_ids[1], self.obr_ids[0], self.orc_ids[1])
@@ -191,6 +194,12 @@ class _Item:
         if not self.order_control:
             return "N"
         return ORDER_ACTIONS.get(self.order_control, "")
+
+
+def _specimen_type(members: list[_Item]) -> str:
+    """SPM-4 of the first merged item that has one, else the first OBR-15, else empty."""
+    kinds = [m.specimen[1] for m in members] + [m.obr_specimen_type for m in members]
+    return next((kind for kind in kinds if kind), "")
 
 
 def _urgent(*codes: str) -> bool:
@@ -234,6 +243,7 @@ def _read_orders(msg: ParsedMessage) -> tuple[InboundOrder, ...]:
             item.tests.extend((c, n) for c, n in zip(codes, names, strict=True) if c or n)
             item.urgent = item.urgent or _urgent(msg.get(segment, 5), msg.get(segment, 27, 6))
             item.obr_time = timestamp(msg, segment, 7)
+            item.obr_specimen_type = msg.get(segment, 15).strip()
 
     merged: dict[tuple[int, str, str], list[_Item]] = {}
     for one in items:
@@ -270,7 +280,7 @@ def _read_orders(msg: ParsedMessage) -> tuple[InboundOrder, ...]:
                     (t for m in members for t in (m.specimen[2], m.obr_time) if t is not None),
                     None,
                 ),
-                specimen_type=next((m.specimen[1] for m in members if m.specimen[1]), ""),
+                specimen_type=_specimen_type(members),
             )
         )
     return tuple(orders)

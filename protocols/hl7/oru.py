@@ -17,12 +17,16 @@ What :func:`build_oru_r01` emits (HL7 v2.5.1, message structure ``ORU_R01``)::
 - MSH-15/16 stay empty: original acknowledgement mode, the LIS answers AA/AE/AR.
 - Every leaf is escaped (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, control characters as
   ``\\Xhh\\``); text is UTF-8 as MSH-18 says.
+- A patient without an id gets no PID when it leads the message (PATIENT is optional in
+  PATIENT_RESULT; an empty PID-3 is not valid 2.5.1): the specimen id identifies the results.
 
-Building uses python-hl7's containers (``hl7.Segment``/``Field``/``Repetition``) rather
-than hl7apy's: measured on one 10-observation ORU, hl7apy needed about 28 ms per message
-(~35 messages/s, most of it creating its typed elements), this needs about 0.6 ms (~1,600
-messages/s).  hl7apy stays the structure checker (:func:`protocols.hl7.validate_message`;
-the tests validate the built message strictly against the 2.5.1 ORU_R01 definition).
+Building assembles the ER7 text directly, leaf by leaf through ``_er7.escape``.  Measured on
+one 10-observation ORU (each with a note): hl7apy's typed elements needed about 28 ms per
+message, python-hl7's containers (used until the LIS sender had to reach 3,000 messages/s)
+about 0.8 ms, the text assembly about 0.07 ms, for the same bytes as python-hl7's
+(``tests/protocols/hl7/test_hl7_result_builders.py``).  hl7apy stays the structure checker
+(:func:`protocols.hl7.validate_message`; the tests validate the built message strictly
+against the 2.5.1 ORU_R01 definition).
 """
 
 from __future__ import annotations
@@ -170,9 +174,18 @@ class MessageHeader:
 
 
 # --- building ------------------------------------------------------------------------
+#
+# Results are assembled as ER7 text directly: every leaf goes through `er7.escape`, fields
+# are joined with the standard delimiters, and a segment loses its trailing empty fields
+# (`rstrip("|")` is exact for that: an escaped value never holds a raw `|`). The bytes are
+# those python-hl7's containers produced (tests/protocols/hl7/test_hl7_result_builders.py
+# compares both on random inputs): a message already in an outbox, rebuilt after a restart,
+# must come out identical. The container helpers (`_msh`, `_ts`) stay for the order and
+# query builders of `outbound`, which are not on the results hot path.
 
 _field = er7.field
 _EMPTY = er7.field()
+_escape = er7.escape
 
 
 def _ts(moment: datetime | None) -> Any:
@@ -203,89 +216,96 @@ def _msh(
     )
 
 
-def _pid(set_id: int, patient: PatientOut) -> Any:
+def _msh_text(header: MessageHeader, kind: str, trigger: str, structure: str) -> str:
+    """The same MSH as `_msh`, as text. MSH-18 is never empty, so nothing is trimmed."""
+    e = _escape
+    return (
+        f"MSH|^~\\&|{e(header.sending_application)}"  # MSH-1, MSH-2: er7's delimiters
+        f"|{e(header.sending_facility)}|{e(header.receiving_application)}"
+        f"|{e(header.receiving_facility)}|{format_ts(header.created_at)}"  # 7
+        f"||{e(kind)}^{e(trigger)}^{e(structure)}|{e(header.control_id)}"  # 9, 10
+        f"|{e(header.processing_id)}|{VERSION}|||{e(header.accept_ack_type)}"  # 11, 12, 15
+        f"|{e(header.application_ack_type)}||{_CHARSET}"  # 16, 18
+    )
+
+
+def _pid(set_id: int, patient: PatientOut) -> str:
     birth = format_date(patient.birth_date) if patient.birth_date is not None else ""
-    return er7.segment(
-        "PID",
-        _field(str(set_id)),
-        _EMPTY,
-        _field(patient.patient_id),  # 3 patient identifier list
-        _EMPTY,
-        _field(patient.family_name, patient.given_name),  # 5 XPN
-        _EMPTY,
-        _field(birth),  # 7
-        _field(patient.sex),  # 8
-    )
+    e = _escape
+    return (
+        f"PID|{set_id}||{e(patient.patient_id)}"  # 3 patient identifier list
+        f"||{e(patient.family_name)}^{e(patient.given_name)}"  # 5 XPN
+        f"||{birth}|{e(patient.sex)}"  # 7, 8
+    ).rstrip("|")
 
 
-def _obx(obs: ObservationOut) -> Any:
-    return er7.segment(
-        "OBX",
-        _field(str(obs.set_id)),
-        _field(obs.effective_value_type),
-        _field(obs.code, obs.text, obs.coding_system),  # 3 CWE
-        _EMPTY,
-        _field(obs.value),  # 5
-        _field(obs.units),
-        _field(obs.reference_range),
-        er7.repeated(obs.abnormal_flags),  # 8 repeats in 2.5.1
-        _EMPTY,
-        _EMPTY,
-        _field(obs.status),  # 11
-        _EMPTY,
-        _EMPTY,
-        _ts(obs.observed_at),  # 14
-        _EMPTY,
-        _EMPTY,
-        _EMPTY,
-        _field(obs.producer),  # 18 equipment instance identifier
-    )
+def _obx(obs: ObservationOut) -> str:
+    """The OBX of one result, followed by one NTE per note (CR-joined)."""
+    e = _escape
+    observed = format_ts(obs.observed_at) if obs.observed_at is not None else ""
+    text = (
+        f"OBX|{obs.set_id}|{e(obs.effective_value_type)}"
+        f"|{e(obs.code)}^{e(obs.text)}^{e(obs.coding_system)}"  # 3 CWE
+        f"||{e(obs.value)}|{e(obs.units)}|{e(obs.reference_range)}"  # 5, 6, 7
+        f"|{'~'.join(map(e, obs.abnormal_flags))}"  # 8 repeats in 2.5.1
+        f"|||{e(obs.status)}|||{observed}"  # 11, 14
+        f"||||{e(obs.producer)}"  # 18 equipment instance identifier
+    ).rstrip("|")
+    if not obs.notes:
+        return text
+    notes = (f"NTE|{n}|L|{e(note)}".rstrip("|") for n, note in enumerate(obs.notes, start=1))
+    return "\r".join((text, *notes))
 
 
-def _order_segments(set_id: int, order: OrderOut) -> list[Any]:
-    test = (order.test_code, order.test_text, "L") if order.test_code else ("", order.test_text)
+def _order_segments(set_id: int, order: OrderOut) -> list[str]:
+    e = _escape
+    specimen = e(order.specimen_id)
+    if order.test_code:
+        test = f"{e(order.test_code)}^{e(order.test_text)}^L"
+    else:
+        test = f"^{e(order.test_text)}"
+    observed = format_ts(order.observed_at) if order.observed_at is not None else ""
     segments = [
-        er7.segment("ORC", _field("RE"), _field(order.specimen_id)),
-        er7.segment(
-            "OBR",
-            _field(str(set_id)),
-            _field(order.specimen_id),  # 2 placer order number
-            _EMPTY,
-            _field(*test),  # 4 universal service identifier
-            _EMPTY,
-            _EMPTY,
-            _ts(order.observed_at),  # 7 observation date/time
-        ),
+        f"ORC|RE|{specimen}".rstrip("|"),
+        # 2 placer order number, 4 universal service identifier, 7 observation date/time
+        f"OBR|{set_id}|{specimen}||{test}|||{observed}".rstrip("|"),
     ]
-    for obs in order.results:
-        segments.append(_obx(obs))
-        for number, note in enumerate(obs.notes, start=1):
-            segments.append(er7.segment("NTE", _field(str(number)), _field("L"), _field(note)))
+    segments += [_obx(obs) for obs in order.results]
     if order.specimen_type:
-        segments.append(
-            er7.segment(
-                "SPM", _field("1"), _field(order.specimen_id), _EMPTY, _field(order.specimen_type)
-            )
-        )
+        segments.append(f"SPM|1|{specimen}||{e(order.specimen_type)}")
     return segments
+
+
+def _render(segments: list[str]) -> bytes:
+    """The message: segments CR-joined and CR-terminated, in UTF-8 (MSH-18)."""
+    segments.append("")
+    return "\r".join(segments).encode("utf-8")
 
 
 def build_oru_r01(header: MessageHeader, patients: Sequence[PatientOut]) -> bytes:
     """Encode results as one HL7 v2.5.1 ``ORU^R01^ORU_R01`` message (UTF-8, CR-separated).
+
+    A first patient without an id gets no PID: PATIENT is optional in a PATIENT_RESULT, and an
+    empty PID-3 is refused by a strict 2.5.1 receiver; the specimen id in ORC/OBR identifies
+    the results. A later patient without an id keeps its PID (PID-3 empty): without it, a
+    receiver would file those results under the patient before.
 
     The returned bytes are the MLLP payload (frame them with ``mllp_frame``).  Raises
     LocalProtocolError when there is nothing to send.
     """
     if not patients:
         raise LocalProtocolError("an ORU^R01 needs at least one patient result")
-    segments = [_msh(header)]
+    segments = [_msh_text(header, "ORU", "R01", "ORU_R01")]
     order_number = 0
-    for patient_number, patient in enumerate(patients, start=1):
-        segments.append(_pid(patient_number, patient))
+    pid_number = 0
+    for patient in patients:
+        if patient.patient_id or order_number:
+            pid_number += 1
+            segments.append(_pid(pid_number, patient))
         for order in patient.orders:
             order_number += 1
-            segments.extend(_order_segments(order_number, order))
-    return er7.render(segments).encode("utf-8")
+            segments += _order_segments(order_number, order)
+    return _render(segments)
 
 
 # --- parsing -------------------------------------------------------------------------

@@ -8,14 +8,15 @@ builder                    message              who sends it
 =========================  ===================  ======================================
 :func:`build_oul_r22`      ``OUL^R22^OUL_R22``  analyser → labgate: results (LAB-29)
 :func:`build_oml_o33`      ``OML^O33^OML_O33``  LIS/labgate → analyser: orders (LAB-28)
-:func:`build_orm_o01`      ``ORM^O01^ORM_O01``  LIS → labgate: orders (pre-LAW interfaces)
+:func:`build_orm_o01`      ``ORM^O01^ORM_O01``  LIS/labgate → analyser: orders (pre-LAW)
+:func:`build_orl`          ``ORL^O34^ORL_O34``  analyser → labgate: answer to an OML
 :func:`build_qbp_q11`      ``QBP^Q11^QBP_Q11``  analyser → labgate: query (LAB-27)
 :func:`build_rsp_k11`      ``RSP^K11^RSP_K11``  labgate/LIS → analyser: query answer
 =========================  ===================  ======================================
 
 What they emit (after the MSH, which is built as for ORU^R01 with the message type changed)::
 
-    OUL^R22  PID|1||patient id||family^given||birth|sex     omitted for a QC specimen
+    OUL^R22  PID|1||patient id||family^given||birth|sex     none for QC, or without patient id
              SPM|1|specimen id||type|||||||role             one SPECIMEN group per specimen id
              OBR|1|specimen id||test^text^L|||observed at    one ORDER group per OrderOut
              ORC|RE|specimen id                              (ORC follows OBR in OUL_R22)
@@ -38,6 +39,9 @@ What they emit (after the MSH, which is built as for ORU^R01 with the message ty
              QAK|query tag|OK or NF|WOS^Work Order Step^IHE_LABTF|hits
              QPD (the query's, re-encoded), then the orders as in OML^O33
 
+    ORL^O34  MSA|code|OML control id|text                     MSH as in an ACK (swapped)
+             ERR|||207^Application internal error^HL70357|E||||text   only on a refusal
+
 Choices and limits:
 
 - OUL_R22 and OML_O33 have at most one PATIENT group (HL7 v2.5.1 abstract message syntax),
@@ -55,7 +59,7 @@ Choices and limits:
 - Reading is not done here: :mod:`protocols.hl7.orders_in` reads orders, queries and
   query answers, :mod:`protocols.hl7.inbound` results.  :func:`parse_orders` only turns
   what ``orders_in`` read back into OrderSpecs, and :func:`read_answer` takes the MSA of
-  an answer that is not an ACK (an ACK goes to :func:`protocols.hl7.parse_ack`).
+  any answer (ACK, ORL, RSP) through :func:`protocols.hl7.parse_answer`.
 
 Nothing here does I/O or reads the clock: every time is passed in.
 """
@@ -69,8 +73,8 @@ from typing import Any
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.hl7 import _er7 as er7
-from protocols.hl7._er7 import format_date, parse_message
-from protocols.hl7.ack import ACK_CODES, Ack, _MshReader, parse_ack
+from protocols.hl7._er7 import format_date
+from protocols.hl7.ack import ACK_CODES, Ack, _MshReader, parse_answer
 from protocols.hl7.orders_in import (
     InboundOrder,
     parse_order_message,
@@ -84,8 +88,10 @@ from protocols.hl7.oru import (
     OrderOut,
     PatientOut,
     _msh,
+    _msh_text,
     _obx,
     _pid,
+    _render,
     _ts,
 )
 
@@ -95,6 +101,7 @@ __all__ = [
     "OrderPatient",
     "OrderSpec",
     "build_oml_o33",
+    "build_orl",
     "build_orm_o01",
     "build_oul_r22",
     "build_qbp_q11",
@@ -279,7 +286,9 @@ def build_oul_r22(
     content is the same as :func:`protocols.hl7.build_oru_r01`'s.  Orders are grouped by
     specimen id, one SPM each, whose SPM-4 is the first type its orders name (required).
     ``specimen_role`` goes to SPM-11 (HL7 table 0369): ``Q`` marks a QC specimen, which
-    has no PID.  Raises LocalProtocolError when the message cannot be built.
+    has no PID; nor has a patient without an id (PATIENT is optional, an empty PID-3 is not
+    valid 2.5.1: the specimen ids identify the results).  Raises LocalProtocolError when the
+    message cannot be built.
     """
     if len(patients) != 1:
         raise LocalProtocolError(
@@ -287,8 +296,10 @@ def build_oul_r22(
             "send one message per patient"
         )
     patient = patients[0]
-    segments = [_msh(header, "OUL", "R22", "OUL_R22")]
-    if specimen_role in _PATIENT_ROLES:
+    e = er7.escape
+    role = e(specimen_role)
+    segments = [_msh_text(header, "OUL", "R22", "OUL_R22")]
+    if specimen_role in _PATIENT_ROLES and patient.patient_id:
         segments.append(_pid(1, patient))
     order_number = 0
     for specimen_number, (specimen_id, orders) in enumerate(
@@ -299,40 +310,22 @@ def build_oul_r22(
             raise LocalProtocolError(
                 f"specimen {specimen_id!r}: OUL^R22 needs a specimen type (SPM-4)"
             )
+        specimen = e(specimen_id)
+        # 2 specimen id, 4 type, 11 role
         segments.append(
-            er7.segment(
-                "SPM",
-                _field(str(specimen_number)),
-                _field(specimen_id),  # 2
-                _EMPTY,
-                _field(specimen_type),  # 4
-                *(_EMPTY,) * 6,
-                _field(specimen_role),  # 11
-            )
+            f"SPM|{specimen_number}|{specimen}||{e(specimen_type)}|||||||{role}".rstrip("|")
         )
         for order in orders:
             order_number += 1
-            test = (order.test_code, order.test_text, "L") if order.test_code else ("",)
-            segments += [
-                er7.segment(
-                    "OBR",
-                    _field(str(order_number)),
-                    _field(specimen_id),  # 2 placer order number
-                    _EMPTY,
-                    _field(*test),  # 4
-                    _EMPTY,
-                    _EMPTY,
-                    _ts(order.observed_at),  # 7
-                ),
-                er7.segment("ORC", _field("RE"), _field(specimen_id)),
-            ]
-            for obs in order.results:
-                segments.append(_obx(obs))
-                for number, note in enumerate(obs.notes, start=1):
-                    segments.append(
-                        er7.segment("NTE", _field(str(number)), _field("L"), _field(note))
-                    )
-    return er7.render(segments).encode("utf-8")
+            test = f"{e(order.test_code)}^{e(order.test_text)}^L" if order.test_code else ""
+            observed = er7.format_ts(order.observed_at) if order.observed_at is not None else ""
+            segments.append(
+                # 2 placer order number, 4 universal service identifier, 7 observed at
+                f"OBR|{order_number}|{specimen}||{test}|||{observed}".rstrip("|")
+            )
+            segments.append(f"ORC|RE|{specimen}".rstrip("|"))  # ORC follows OBR in OUL_R22
+            segments += [_obx(obs) for obs in order.results]
+    return _render(segments)
 
 
 # --- orders: OML^O33, ORM^O01 ---------------------------------------------------------
@@ -542,30 +535,72 @@ def parse_orders(message: bytes, *, default_encoding: str = "latin-1") -> tuple[
 
 # --- answers ---------------------------------------------------------------------------
 
+#: The ORL that answers each OML trigger: (ORL trigger, ORL message structure).
+_ORL_FOR = {"O21": ("O22", "ORL_O22"), "O33": ("O34", "ORL_O34"), "O35": ("O36", "ORL_O36")}
+
+
+def build_orl(message: bytes, code: str, control_id: str, now: datetime, text: str = "") -> bytes:
+    """Answer the order message ``message`` with an ORL (IHE LAW LAB-28: ``ORL^O34``).
+
+    ``OML^O33`` is answered ``ORL^O34^ORL_O34``, ``OML^O21`` ``ORL^O22^ORL_O22`` and
+    ``OML^O35`` ``ORL^O36^ORL_O36``.  The MSH is built as :func:`protocols.hl7.build_ack`
+    builds it (sender and receiver swapped, MSH-11/12/18 copied, encoded in the original's
+    character set); MSA-1 is ``code``, MSA-2 the OML's MSH-10, MSA-3 ``text``.  A refusal
+    (any code but ``AA``/``CA``) adds an ERR: ERR-3 ``207`` (application internal error,
+    HL7 table 0357), ERR-4 severity ``E``, ERR-8 ``text``.  The optional order echo of
+    ORL_O34 (its RESPONSE group) is not sent.  Raises RemoteProtocolError when
+    ``message`` is not an OML with one of those triggers, LocalProtocolError for an unknown
+    code, an empty control id or a naive ``now``.
+    """
+    if code not in ACK_CODES:
+        raise LocalProtocolError(f"acknowledgement code must be one of {sorted(ACK_CODES)}")
+    if not control_id:
+        raise LocalProtocolError("the answer needs a message control id (MSH-10)")
+    original = _MshReader(message)
+    kind, trigger = original.get(9).strip().upper(), original.get(9, 2).strip().upper()
+    if kind != "OML" or trigger not in _ORL_FOR:
+        raise RemoteProtocolError(
+            f"an ORL answers OML^O21, OML^O33 or OML^O35, not {kind}^{trigger}"
+        )
+    answer_trigger, structure = _ORL_FOR[trigger]
+    charset = original.components(18)[:1]
+    msh = er7.msh_segment(
+        _field(*original.components(5)),  # 3: whom the order was sent to
+        _field(*original.components(6)),
+        _field(*original.components(3)),  # 5: who sent it
+        _field(*original.components(4)),
+        _ts(now),  # 7 (LocalProtocolError when naive)
+        _EMPTY,
+        _field("ORL", answer_trigger, structure),  # 9
+        _field(control_id),
+        _field(*(original.components(11) or ["P"])),
+        _field(*original.components(12)),
+        *(_EMPTY,) * 5,
+        _field(*charset),  # 18
+    )
+    segments = [msh, er7.segment("MSA", _field(code), _field(original.get(10)), _field(text))]
+    if code not in ("AA", "CA"):
+        segments.append(
+            er7.segment(
+                "ERR",
+                _EMPTY,
+                _EMPTY,
+                _field("207", "Application internal error", "HL70357"),  # 3
+                _field("E"),  # 4 severity
+                *(_EMPTY,) * 3,
+                _field(text),  # 8 user message
+            )
+        )
+    codec = er7.codec_for(charset[0] if charset else "")
+    return er7.render(segments).encode(codec, errors="replace")
+
 
 def read_answer(message: bytes) -> Ack:
     """The acknowledgement in any answer: an ACK, or the MSA of an ORL^O34 or RSP^K11.
 
-    An LAW receiver answers OML^O33 with ORL^O34 and QBP^Q11 with RSP^K11, not ACK; both
-    carry the MSA a sender waits for.  An ACK is read by :func:`protocols.hl7.parse_ack`
-    (which refuses any other MSH-9); for the others only the MSA is read here.  Raises
-    RemoteProtocolError when there is no MSA or MSA-1 is no acknowledgement code.
+    An LAW receiver answers OML^O33 with ORL^O34 and QBP^Q11 with RSP^K11, not ACK; each
+    carries the MSA a sender waits for.  This is :func:`protocols.hl7.parse_answer`, the
+    one reading of MSA (:func:`protocols.hl7.parse_ack` is the same, limited to ACK).
+    Raises RemoteProtocolError when there is no MSA or MSA-1 is no acknowledgement code.
     """
-    msg = parse_message(message)
-    msh = msg.segments[0]
-    if msg.get(msh, 9) == "ACK":
-        return parse_ack(message)
-    msa = next((s for s in msg.segments if msg.name(s) == "MSA"), None)
-    if msa is None:
-        kind, trigger = msg.get(msh, 9), msg.get(msh, 9, 2)
-        raise RemoteProtocolError(f"not an answer: {kind}^{trigger} has no MSA segment")
-    code = msg.get(msa, 1)
-    if code not in ACK_CODES:
-        raise RemoteProtocolError(f"MSA-1 {code!r} is not an acknowledgement code")
-    return Ack(
-        code=code,
-        acknowledged_control_id=msg.get(msa, 2),
-        control_id=msg.get(msh, 10),
-        text=msg.get(msa, 3),
-        raw=message,
-    )
+    return parse_answer(message)

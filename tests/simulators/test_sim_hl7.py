@@ -267,7 +267,8 @@ async def test_server_mode_labgate_connects_to_the_analyser() -> None:
     finally:
         await sim.close()
     assert ack.code == "AA"
-    assert got[1].startswith(b"MSH") and v2.parse_ack(got[1]).code == "AA"
+    assert got[1].startswith(b"MSH") and v2.parse_answer(got[1]).code == "AA"
+    assert b"|ORL^O34^ORL_O34|" in got[1]  # LAB-28: an OML^O33 is answered ORL^O34
     assert parse_orders(sim.orders_received[0]) == (ORDER,)
 
 

@@ -1,16 +1,19 @@
-"""The simulated LIS's faults: a sequence of answer codes, a connection dropped unanswered."""
+"""The simulated LIS's faults: a sequence of answer codes, a connection dropped unanswered; its
+fast_ack mode (answers from the MSH line, several messages per read, results read lazily)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sim_helpers import oru
 
 from protocols import hl7 as v2
-from simulators.lis import LisSimulator
+from protocols.hl7._er7 import format_ts
+from simulators.lis import LisSimulator, _ack_fields, _quick_ack
 
 
 class Client:
@@ -97,3 +100,91 @@ async def test_lis_starts_on_the_port_it_is_given() -> None:
         assert await lis.start() == port
     finally:
         await lis.close()
+
+
+# --- fast_ack: answered from the MSH line, read lazily ---------------------------------------
+
+
+async def read_acks(reader: asyncio.StreamReader, count: int) -> list[v2.Ack]:
+    framer = v2.MllpFramer()
+    acks: list[v2.Ack] = []
+    async with asyncio.timeout(5):
+        while len(acks) < count:
+            data = await reader.read(65536)
+            assert data, "the LIS closed the connection"
+            framer.receive_data(data)
+            while (answer := framer.next_message()) is not None:
+                acks.append(v2.parse_ack(answer))
+    return acks
+
+
+async def test_fast_ack_answers_every_message_of_one_tcp_read_by_its_control_id() -> None:
+    lis = LisSimulator(fast_ack=True)
+    port = await lis.start()
+    ids = [f"C{n}" for n in range(20)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # One write: the LIS finds many messages (and the start of none) in one read.
+        writer.write(b"".join(v2.mllp_frame(oru(i)) for i in ids))
+        await writer.drain()
+        acks = await read_acks(reader, len(ids))
+        await lis.wait_for(len(ids), timeout=5)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await lis.close()
+    assert [(a.code, a.acknowledged_control_id) for a in acks] == [("AA", i) for i in ids]
+    assert len({a.control_id for a in acks}) == len(ids)  # each ACK has its own MSH-10
+    # Recorded as received, and read (lazily) into the same results as the full path reads.
+    assert [m.parsed.control_id for m in lis.delivered if m.parsed] == ids
+    assert lis.received[0].error is None
+    assert [(o.patient_id, o.specimen_id, o.code) for o in lis.received[3].parsed.observations] == [
+        ("PAT1", "SPEC1", "GLU")
+    ]  # type: ignore[union-attr]
+
+
+def test_fast_ack_is_the_ack_build_ack_would_send() -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    latin = (
+        "MSH|^~\\&|Lab\\F\\App|Hôpital|LIS|LAB|20260101||ORU^R01^ORU_R01|X\\S\\1|T|2.5|||||"
+        "|8859/1\rPID|1||P1\r"
+    ).encode("latin-1")
+    for message in (oru("C1"), latin, b"MSH|^~\\&|A||||||ORU^R01|C9|P|2.3\r"):
+        fields = _ack_fields(message)
+        assert fields is not None
+        assert _quick_ack(fields, "AE", "L1", format_ts(now)) == v2.build_ack(
+            message, "AE", "L1", now
+        )
+    assert _ack_fields(b"MSH#^~\\&#A####ORU^R01#C1#P#2.5\r") is None  # other delimiters
+    assert _ack_fields(b"MSH|^~\\&|A||||||ORU^R01||P|2.5\r") is None  # no MSH-10
+    assert _ack_fields(b"not hl7") is None
+
+
+async def test_fast_ack_keeps_the_faults_and_skips_what_has_no_msh() -> None:
+    lis = LisSimulator(fast_ack=True, ack_codes=["AE"], drop_connection_after=3)
+    port = await lis.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            v2.mllp_frame(oru("C1"))
+            + v2.mllp_frame(b"garbage without an MSH")
+            + v2.mllp_frame(oru("C2"))
+            + v2.mllp_frame(oru("C3"))
+        )
+        await writer.drain()
+        acks = await read_acks(reader, 2)
+        async with asyncio.timeout(5):  # C3 got no answer: its connection was dropped
+            try:
+                assert await reader.read(65536) == b""
+            except ConnectionResetError:
+                pass
+        writer.close()
+        async with client(port) as c:  # the sender reconnects and sends C3 again
+            again = await c.exchange(oru("C3"))
+    finally:
+        await lis.close()
+    assert [(a.code, a.acknowledged_control_id) for a in acks] == [("AE", "C1"), ("AA", "C2")]
+    assert again is not None and (again.code, again.acknowledged_control_id) == ("AA", "C3")
+    assert [m.ack_code for m in lis.received] == ["AE", None, "AA", None, "AA"]
+    assert lis.received[1].parsed is None and lis.received[1].error  # read when asked for
+    assert lis.dropped_connections == 1

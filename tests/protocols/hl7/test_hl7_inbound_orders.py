@@ -124,3 +124,42 @@ def test_rsp_k11_without_qak_is_refused() -> None:
         parse_rsp_k11(raw)
     with pytest.raises(RemoteProtocolError, match="not an RSP"):
         parse_rsp_k11(raw.replace(b"RSP^K11", b"ACK^Q11"))
+
+
+@pytest.mark.parametrize(
+    ("obr_15", "expected"),
+    [
+        ("UR", "UR"),  # v2.3/2.4: the code alone
+        ("SER^Serum", "SER"),  # component 1 of the specimen source
+        ("BLD&Whole blood&HL70070^^^ARM", "BLD"),  # v2.5 SPS: its first component is a CWE
+        (" ", ""),
+        ("", ""),
+    ],
+)
+def test_orm_o01_specimen_type_from_obr_15(obr_15: str, expected: str) -> None:
+    msh = "MSH|^~\\&|LIS||||20240105||ORM^O01|M1|P|2.3\r"
+    raw = f"{msh}ORC|NW|P1|S1\rOBR|1|P1|S1|GLU|||||||||||{obr_15}".encode()
+    [order] = parse_order_message(raw).orders
+    assert order.specimen_type == expected
+
+
+def test_spm_4_wins_over_obr_15_and_obr_15_fills_in_per_specimen() -> None:
+    msh = "MSH|^~\\&|LIS||||20240105||OML^O33|M1|P|2.5.1\r"
+    obr = "OBR|1|P{n}||GLU|||||||||||UR\r"
+    raw = (
+        f"{msh}SPM|1|S1||SER\rORC|NW|P1\r{obr.format(n=1)}"  # SPM-4 SER, OBR-15 UR: SER
+        f"SPM|2|S2\rORC|NW|P2\r{obr.format(n=2)}"  # no SPM-4: OBR-15
+    ).encode()
+    first, second = parse_order_message(raw).orders
+    assert (first.specimen_id, first.specimen_type) == ("S1", "SER")
+    assert (second.specimen_id, second.specimen_type) == ("S2", "UR")
+
+
+def test_merged_orm_items_take_the_first_obr_15_given() -> None:
+    msh = "MSH|^~\\&|LIS||||20240105||ORM^O01|M1|P|2.3\r"
+    raw = (
+        f"{msh}ORC|NW|P1|S1\rOBR|1|P1|S1|GLU\r"  # no OBR-15 on the first test
+        "ORC|NW|P2|S1\rOBR|2|P2|S1|K|||||||||||PLAS\r"
+    ).encode()
+    [order] = parse_order_message(raw).orders
+    assert (order.tests, order.specimen_type) == (("GLU", "K"), "PLAS")

@@ -151,9 +151,9 @@ def test_oml_o33_one_test_per_specimen_is_strictly_valid() -> None:
 def test_orm_o01_reads_back_equal_with_specimen_in_filler_number() -> None:
     message = build_orm_o01(HEADER, _orders())
     assert b"|ORM^O01^ORM_O01|" in message
-    # orders_in takes the specimen type from SPM-4 only, and an ORM has no SPM: its
-    # OBR-15 (specimen source) is checked on the wire, everything else read back.
-    assert parse_orders(message) == tuple(replace(o, specimen_type="SER") for o in _orders())
+    # An ORM has no SPM: the specimen type rides in OBR-15 (specimen source), and
+    # orders_in reads it back from there, so the whole order reads back equal.
+    assert parse_orders(message) == tuple(_orders())
     msg = parse_message(message)
     obr = [s for s in msg.segments if msg.name(s) == "OBR"]
     assert [msg.get(s, 3) for s in obr] == ["S1", "S1", "S2"]
@@ -287,7 +287,7 @@ def test_read_answer_takes_the_msa_of_any_answer() -> None:
     assert (rsp.code, rsp.acknowledged_control_id, rsp.control_id) == ("AA", "C0001", "R1")
     ack = read_answer(v2.build_ack(query, "AE", "A1", NOW, text="busy"))
     assert (ack.code, ack.text) == ("AE", "busy")
-    with pytest.raises(RemoteProtocolError, match="no MSA"):
+    with pytest.raises(RemoteProtocolError, match="QBP\\^Q11 without an MSA"):
         read_answer(query)
     with pytest.raises(RemoteProtocolError, match="not an acknowledgement code"):
         read_answer(build_rsp_k11(query, (), "R1", NOW).replace(b"MSA|AA|", b"MSA|XX|"))

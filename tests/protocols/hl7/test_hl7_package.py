@@ -46,6 +46,10 @@ PUBLIC = {
     "parse_qbp_q11",
     "parse_results_message",
     "parse_rsp_k11",
+    # answers of any type (ACK, ORL^O34, RSP^K11): one reading of MSA; ORL for an OML
+    "build_orl",
+    "parse_answer",
+    "read_answer",
 }
 
 
