@@ -21,10 +21,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/labgate run --config $(CONFIG)
 
+# The storage and delivery tests run on SQLite and on a real PostgreSQL server, which
+# scripts/postgres.sh installs (Debian's package) and starts on loopback.
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check protocols drivers middleware simulators tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	LABGATE_TEST_POSTGRES="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check protocols drivers middleware simulators tests benchmarks

@@ -74,3 +74,54 @@ def gateway_config(
 @pytest.fixture
 def config_text_factory():  # type: ignore[no-untyped-def]
     return gateway_config
+
+
+# --- the two storage backends ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of a real PostgreSQL server on loopback: `LABGATE_TEST_POSTGRES` when set (CI's
+    `make test` starts one with scripts/postgres.sh), else started here by that script."""
+    import os
+    import subprocess
+
+    url = os.environ.get("LABGATE_TEST_POSTGRES")
+    if url:
+        return url
+    started = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "postgres.sh"), "start"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"PostgreSQL could not be started: {started.stderr.strip()}")
+    return started.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str):  # type: ignore[no-untyped-def]
+    """A fresh, empty database on the PostgreSQL server for one test, dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = "t_" + uuid.uuid4().hex[:16]
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    base, _, _ = postgres_server.rpartition("/")
+    yield f"{base}/{name}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty store on each backend labgate supports (DESIGN.md: SQLite embedded,
+    PostgreSQL for several gateways sharing one store)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'var' / 'labgate.db'}"
+    return str(request.getfixturevalue("postgres_url"))

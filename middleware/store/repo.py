@@ -10,19 +10,39 @@ has returned (GBUI I-3/I-4: nothing acknowledged may be lost).
 from __future__ import annotations
 
 import asyncio
-import uuid
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from types import SimpleNamespace
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import (
+    JSON,
+    Engine,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from drivers.models import Order, Patient, Result, SpecimenReport
+from drivers.models import Order, Patient, PreviousResult, Result, SpecimenReport
 from middleware.store import migrate
+from middleware.store.alarms import AlarmStore
+from middleware.store.archive import ArchiveStore
+from middleware.store.governance import GovernanceStore
+from middleware.store.group_commit import GroupCommit
+from middleware.store.ids import new_control_id
+from middleware.store.outbox_admin import OutboxAdminStore
+from middleware.store.qc import QcStore
 from middleware.store.tables import (
     MessageRow,
     OrderRow,
@@ -32,6 +52,7 @@ from middleware.store.tables import (
     TraceRow,
     TransmissionRow,
 )
+from middleware.store.times import utc
 
 __all__ = [
     "IncomingMessage",
@@ -51,20 +72,8 @@ class StoreUnavailable(Exception):
     """The database could not commit (disk full, locked, server down): do not acknowledge."""
 
 
-def utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored time is UTC, so say so."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def new_control_id() -> str:
-    """An HL7 message control id (MSH-10, at most 20 characters), unique across gateways."""
-    return "LG" + uuid.uuid4().hex[:18].upper()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +93,8 @@ class IncomingMessage:
     content_hash: str | None = None
     ruleset: str = ""  # name and version of the rule set that decided
     biologist: str = ""  # its responsible biologist
+    origin: str = "lab"  # or "poc": a point-of-care device, at `location`
+    location: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +137,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class Store:
+class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore):
     """All database access of the daemon. Create with `Store.open(url)`; close with `close()`."""
 
     def __init__(self, engine: Engine) -> None:
@@ -135,6 +146,11 @@ class Store:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labgate-store")
         # Reads never wait behind commits: WAL lets them run beside the one writer.
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="labgate-read")
+        self._group: GroupCommit[IncomingMessage, int | None] = GroupCommit(
+            self._writer,
+            self._save_batch,
+            lambda exc: StoreUnavailable(str(exc.__cause__ or exc)),
+        )
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -185,50 +201,78 @@ class Store:
         """Commit a decoded message, its specimens, results and (if any are owed to the LIS) one
         outbox row, all or nothing. Returns the outbox id, or None when nothing is forwarded."""
         with self._sessions.begin() as session:
-            session.add(
-                MessageRow(
-                    message_id=incoming.message_id,
-                    connection=incoming.connection,
-                    protocol=incoming.protocol,
-                    received_at=incoming.received_at,
-                    raw=incoming.raw,
-                    status="stored",
-                    error=None,
-                    content_hash=incoming.content_hash,
-                )
+            return self._add_message(session, incoming)
+
+    async def save(self, incoming: IncomingMessage) -> int | None:
+        """`save_message` as the sessions call it: messages arriving together from several
+        analysers are committed together (one transaction, one sync to disk), each in its own
+        savepoint, and each caller returns only once its message is durable. Many analysers
+        then cost one disk sync per batch instead of one per message; a failure of one message
+        does not touch the others, a failed commit fails them all (none is acknowledged)."""
+        return await self._group.submit(incoming)
+
+    def _save_batch(self, batch: Sequence[IncomingMessage]) -> list[int | Exception | None]:
+        """The writer-thread half of `save`: one transaction for the whole batch."""
+        outcomes: list[int | Exception | None] = []
+        with self._sessions.begin() as session:
+            for incoming in batch:
+                try:
+                    with session.begin_nested():
+                        outcomes.append(self._add_message(session, incoming))
+                except SQLAlchemyError as exc:
+                    outcomes.append(StoreUnavailable(str(exc.__cause__ or exc)))
+        return outcomes
+
+    @staticmethod
+    def _add_message(session: Session, incoming: IncomingMessage) -> int | None:
+        session.add(
+            MessageRow(
+                message_id=incoming.message_id,
+                connection=incoming.connection,
+                protocol=incoming.protocol,
+                received_at=incoming.received_at,
+                raw=incoming.raw,
+                status="stored",
+                error=None,
+                content_hash=incoming.content_hash,
             )
-            decisions = iter(incoming.decisions)
-            for report in incoming.reports:
-                specimen = SpecimenRow(
-                    message_id=incoming.message_id,
-                    instrument=incoming.connection,
-                    specimen_id=report.specimen_id,
-                    **_patient_columns(report.patient),
-                    collected_at=report.collected_at,
-                    is_qc=report.is_qc,
-                )
-                session.add(specimen)
-                session.flush()
-                for result in report.results:
-                    decision, reasons = next(decisions)
-                    row = _result_row(result, specimen.id, incoming.message_id, decision, reasons)
-                    row.ruleset, row.biologist = incoming.ruleset, incoming.biologist
-                    session.add(row)
-            outbox_id = None
-            if incoming.forward:
-                outbox = OutboxRow(
-                    message_id=incoming.message_id,
-                    lis=incoming.lis,
-                    instrument=incoming.connection,
-                    control_id=new_control_id(),
-                    state="pending",
-                    created_at=incoming.received_at,
-                    next_attempt_at=incoming.received_at,
-                    attempts=0,
-                )
-                session.add(outbox)
-                session.flush()
-                outbox_id = outbox.id
+        )
+        decisions = iter(incoming.decisions)
+        for report in incoming.reports:
+            specimen = SpecimenRow(
+                message_id=incoming.message_id,
+                instrument=incoming.connection,
+                specimen_id=report.specimen_id,
+                **_patient_columns(report.patient),
+                collected_at=report.collected_at,
+                is_qc=report.is_qc,
+                origin=incoming.origin,
+                location=incoming.location,
+            )
+            session.add(specimen)
+            session.flush()
+            for result in report.results:
+                decision, reasons = next(decisions)
+                row = _result_row(result, specimen.id, incoming.message_id, decision, reasons)
+                row.ruleset, row.biologist = incoming.ruleset, incoming.biologist
+                session.add(row)
+        outbox_id = None
+        if incoming.forward:
+            # A blocked device's results wait, quarantined, for a person to release them.
+            quarantined = any(decision == "quarantined" for decision, _ in incoming.decisions)
+            outbox = OutboxRow(
+                message_id=incoming.message_id,
+                lis=incoming.lis,
+                instrument=incoming.connection,
+                control_id=new_control_id(),
+                state="quarantined" if quarantined else "pending",
+                created_at=incoming.received_at,
+                next_attempt_at=incoming.received_at,
+                attempts=0,
+            )
+            session.add(outbox)
+            session.flush()
+            outbox_id = outbox.id
         return outbox_id
 
     def previous_results(
@@ -265,11 +309,23 @@ class Store:
                 found[code] = (numeric, units, utc(measured_at), code)  # type: ignore[assignment]
         return found
 
-    def find_duplicate(self, connection: str, content_hash: str, since: datetime) -> str | None:
-        """The id of a message with the same content stored from this connection since `since`:
-        the analyser is resending after losing our ACK (LIS1-A §6.5.1.2 retransmits in full)."""
+    def find_duplicate(
+        self,
+        connection: str,
+        content_hash: str,
+        since: datetime,
+        reports: Sequence[SpecimenReport] = (),
+    ) -> str | None:
+        """The id of a message stored from this connection since `since` that this one repeats:
+        the analyser is resending after losing our ACK (LIS1-A §6.5.1.2 retransmits in full).
+
+        Same bytes is the plain case. An analyser that rebuilds the message for the resend (a
+        new header time, a new session) is recognised by its results: every one of them
+        (specimen, test, value, unit, status, measurement time) is already stored from this
+        connection. A result without a measurement time cannot be told from a rerun, so such
+        messages are only recognised by their bytes."""
         with self._sessions() as session:
-            return session.scalar(
+            same_bytes = session.scalar(
                 select(MessageRow.message_id)
                 .where(
                     MessageRow.connection == connection,
@@ -279,6 +335,40 @@ class Store:
                 )
                 .limit(1)
             )
+            if same_bytes is not None:
+                return same_bytes
+            results = [r for report in reports for r in report.results]
+            if not results or any(r.measured_at is None for r in results):
+                return None
+            wanted = {_result_key(r.specimen_id, r.test_code, r.value, r.units, r.status,
+                                  r.measured_at) for r in results}  # fmt: skip
+            rows = session.execute(
+                select(
+                    ResultRow.message_id,
+                    ResultRow.specimen_id,
+                    ResultRow.test_code,
+                    ResultRow.value,
+                    ResultRow.units,
+                    ResultRow.status,
+                    ResultRow.measured_at,
+                )
+                .join(MessageRow, MessageRow.message_id == ResultRow.message_id)
+                .where(
+                    MessageRow.connection == connection,
+                    MessageRow.received_at >= since,
+                    MessageRow.status == "stored",
+                    ResultRow.specimen_id.in_(sorted({r.specimen_id for r in results})),
+                )
+                .order_by(ResultRow.id)
+            ).all()
+            found: dict[tuple[str, ...], str] = {}
+            for message_id, specimen_id, code, value, units, status, measured_at in rows:
+                found[_result_key(specimen_id, code, value, units, status, measured_at)] = (
+                    message_id
+                )
+            if wanted <= found.keys():
+                return found[max(wanted, key=lambda key: found[key])]
+            return None
 
     def save_refused(
         self, connection: str, message_id: str, raw: bytes, reason: str, protocol: str = "astm"
@@ -448,28 +538,40 @@ class Store:
 
     # --- to the LIS -----------------------------------------------------------------------
 
-    def due(self, lis: str, now: datetime, limit: int = 1) -> list[OutboxItem]:
+    # Values in one SQL IN list: below the 999 bound parameters an old SQLite allows.
+    _IN_CHUNK = 500
+
+    def due(
+        self, lis: str, now: datetime, limit: int = 1, *, after: int | None = None
+    ) -> list[OutboxItem]:
         """The oldest undelivered messages for this LIS, in order, as far as they are due.
 
         Strict order: if the oldest pending message is waiting for its retry time, nothing newer
         is returned (results must not overtake each other on their way to the LIS). The sender
         takes a batch to save a read per message and stops at the first one that fails.
+        `after` skips the rows up to that outbox id: a pipelining sender reads the next batch
+        while the end of the previous one is still in flight, and so still pending.
         """
         with self._sessions() as session:
-            rows = session.scalars(
-                select(OutboxRow)
-                .where(OutboxRow.lis == lis, OutboxRow.state == "pending")
-                .order_by(OutboxRow.id)
-                .limit(limit)
-            ).all()
-            items: list[OutboxItem] = []
-            for row in rows:
+            where = [OutboxRow.lis == lis, OutboxRow.state == "pending"]
+            if after is not None:
+                where.append(OutboxRow.id > after)
+            due: list[Any] = []
+            for row in self._plain_rows(session, OutboxRow, *where, limit=limit):
                 if utc(row.next_attempt_at) > now:  # type: ignore[operator]
                     break
-                reports: tuple[SpecimenReport, ...] = ()
-                decisions: tuple[tuple[str, tuple[str, ...]], ...] = ()
-                if row.payload is None:
-                    reports, decisions = self._load_reports(session, row.message_id)
+                due.append(row)
+            unbuilt = [row for row in due if row.payload is None]
+            loaded = self._load_reports(
+                session,
+                [row.message_id for row in unbuilt],
+                corrections={row.message_id for row in unbuilt if row.kind == "correction"},
+            )
+            nothing: tuple[tuple[SpecimenReport, ...], tuple[tuple[str, tuple[str, ...]], ...]]
+            nothing = ((), ())
+            items: list[OutboxItem] = []
+            for row in due:
+                reports, decisions = loaded.get(row.message_id, nothing)
                 items.append(
                     OutboxItem(
                         outbox_id=row.id,
@@ -496,26 +598,88 @@ class Store:
             )
             return utc(moment)
 
+    # JSON texts already decoded by _plain_rows: a few distinct values (flags, reasons) repeat
+    # over thousands of results. Bounded; shared by the reader threads (a race only decodes
+    # a text twice).
+    _json_seen: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    @staticmethod
+    def _plain_rows(
+        session: Session, model: type[Any], *where: Any, limit: int | None = None
+    ) -> list[Any]:
+        """The rows of `model`'s table matching `where`, in id order, read without the ORM:
+        plain objects whose attributes are the mapped ones (here always the column names), as
+        `_result_model` and `_patient_of` read them, JSON columns decoded once per distinct
+        text, lists as tuples.
+
+        Read as ORM objects, each JSON value through SQLAlchemy's processor, a batch of results
+        cost the sender more than sending it (measured: ~2.5x this per message).
+        """
+        table = model.__table__
+        json_columns = [c.name for c in table.columns if isinstance(c.type, JSON)]
+        columns = [
+            type_coerce(c, Text).label(c.name) if c.name in json_columns else c
+            for c in table.columns
+        ]
+        query = select(*columns).where(*where).order_by(table.c.id).limit(limit)
+        seen = Store._json_seen
+        rows: list[Any] = []
+        result = session.execute(query)
+        names = tuple(result.keys())
+        for row in result:
+            values = dict(zip(names, row, strict=True))
+            for name in json_columns:
+                text = values[name]
+                if not isinstance(text, str):  # NULL, or a driver that decodes JSON itself
+                    continue
+                value: Any = seen.get(text)
+                if value is None:
+                    value = json.loads(text)
+                    if isinstance(value, list):  # kept only immutable: rows share it
+                        if len(seen) > 4096:
+                            seen.clear()
+                        value = seen[text] = tuple(value)
+                values[name] = value
+            rows.append(SimpleNamespace(**values))
+        return rows
+
     @staticmethod
     def _load_reports(
-        session: Session, message_id: str
-    ) -> tuple[tuple[SpecimenReport, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
-        reports: list[SpecimenReport] = []
-        decisions: list[tuple[str, tuple[str, ...]]] = []
-        specimens = session.scalars(
-            select(SpecimenRow).where(SpecimenRow.message_id == message_id).order_by(SpecimenRow.id)
-        ).all()
-        for specimen in specimens:
-            rows = session.scalars(
-                select(ResultRow)
-                .where(ResultRow.specimen_row_id == specimen.id)
-                .order_by(ResultRow.id)
-            ).all()
+        session: Session, message_ids: Sequence[str], corrections: set[str]
+    ) -> dict[str, tuple[tuple[SpecimenReport, ...], tuple[tuple[str, tuple[str, ...]], ...]]]:
+        """The specimen reports and decisions of each message, as `save_message` got them.
+
+        Two queries per chunk of messages, not two per specimen: the sender reads a batch of
+        messages at a time and this is most of what reading them costs. `corrections` are
+        the messages whose sending replaces an earlier one.
+        """
+        specimens: list[Any] = []  # SpecimenRow and ResultRow as plain rows, see _plain_rows
+        rows_of: dict[int, list[Any]] = {}
+        for start in range(0, len(message_ids), Store._IN_CHUNK):  # SQLite's bound-parameter cap
+            chunk = message_ids[start : start + Store._IN_CHUNK]
+            found = Store._plain_rows(session, SpecimenRow, SpecimenRow.message_id.in_(chunk))
+            specimens += found
+            for result_row in Store._plain_rows(
+                session, ResultRow, ResultRow.specimen_row_id.in_([s.id for s in found])
+            ):
+                rows_of.setdefault(result_row.specimen_row_id, []).append(result_row)
+        loaded: dict[str, tuple[list[SpecimenReport], list[tuple[str, tuple[str, ...]]]]] = {
+            message_id: ([], []) for message_id in message_ids
+        }
+        for specimen in specimens:  # in id order within each message, as saved
+            reports, decisions = loaded[specimen.message_id]
+            correction = specimen.message_id in corrections
+            rows = rows_of.get(specimen.id, [])
             results = tuple(_result_model(row) for row in rows)
             decisions.extend((row.decision, tuple(row.reasons)) for row in rows)
+            # Who decided, where the specimen was measured, and whether this sending replaces
+            # an earlier one: read by the LIS message builder (middleware/lis/oru.py).
             decided_by = (
                 {"ruleset": rows[0].ruleset, "biologist": rows[0].biologist} if rows else {}
             )
+            decided_by.update(origin=specimen.origin, location=specimen.location)
+            if correction:
+                decided_by["correction"] = "1"
             reports.append(
                 SpecimenReport(
                     specimen_id=specimen.specimen_id,
@@ -526,66 +690,194 @@ class Store:
                     extras=decided_by,
                 )
             )
-        return tuple(reports), tuple(decisions)
+        return {
+            message_id: (tuple(reports), tuple(decisions))
+            for message_id, (reports, decisions) in loaded.items()
+        }
+
+    @dataclass(frozen=True, slots=True)
+    class Outcome:
+        """What one attempt to send a message led to, for `record_outcomes`.
+
+        `state` is `delivered` (the LIS answered AA/CA), `retry` (no usable answer, or AE/AR
+        with `on_reject: retry`: the same bytes again after `delay` seconds) or `rejected`
+        (AE/AR: kept for a person, `error` says why). `transmission` is the attempt, archived
+        with its outcome; only a message that could not even be built has none.
+        """
+
+        outbox_id: int
+        state: str
+        transmission: Transmission | None
+        delay: float = 0.0
+        error: str = ""
 
     def mark_delivered(self, outbox_id: int, transmission: Transmission) -> int:
         """The LIS accepted (AA): message and results are delivered; returns the result count."""
-        with self._sessions.begin() as session:
-            row = self._archive(session, outbox_id, transmission)
-            row.state, row.delivered_at, row.last_error = (
-                "delivered",
-                transmission.answered_at,
-                None,
-            )
-            result = session.execute(
-                update(ResultRow)
-                .where(ResultRow.message_id == row.message_id, ResultRow.is_qc.is_(False))
-                .values(delivered_at=transmission.answered_at)
-            )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return self.record_outcomes([Store.Outcome(outbox_id, "delivered", transmission)])[0]
 
     def mark_retry(self, outbox_id: int, transmission: Transmission, delay: float) -> None:
         """No usable answer: try again, the same bytes, after `delay` seconds."""
-        with self._sessions.begin() as session:
-            row = self._archive(session, outbox_id, transmission)
-            row.last_error = transmission.error
-            row.next_attempt_at = transmission.answered_at + timedelta(seconds=delay)
+        self.record_outcomes([Store.Outcome(outbox_id, "retry", transmission, delay=delay)])
 
     def mark_rejected(
         self, outbox_id: int, error: str, transmission: Transmission | None = None
     ) -> None:
         """The LIS answered AE/AR (or the message could not be built): stop, keep it, and let a
         person decide — no blind retry loop."""
+        self.record_outcomes([Store.Outcome(outbox_id, "rejected", transmission, error=error)])
+
+    def record_outcomes(self, outcomes: Sequence[Store.Outcome]) -> list[int]:
+        """Record many outcomes in one transaction (a pipelining sender commits a window's
+        worth at once: one disk sync instead of one per message), each archived with its
+        transmission exactly as `mark_delivered`/`mark_retry`/`mark_rejected` do one by one.
+
+        Returns, for each outcome in order, the number of results it delivered (0 unless
+        `delivered`). Outcomes are applied in order, so two for one message (a retry, then
+        its later answer) leave the second's state.
+        """
+        for outcome in outcomes:
+            if outcome.state not in ("delivered", "retry", "rejected"):
+                raise ValueError(f"unknown outcome {outcome.state!r}")
+            if outcome.transmission is None and outcome.state != "rejected":
+                raise ValueError(f"a {outcome.state} outcome needs its transmission")
+        if not outcomes:
+            return []
+        # Plain SQL statements rather than ORM objects: a batch is one SELECT of the rows'
+        # counters, one INSERT of the transmissions, one UPDATE per kind of change, and the
+        # results' UPDATE, each an executemany. The ORM's unit of work cost twice as much
+        # per message as everything else the pipelining sender does.
         with self._sessions.begin() as session:
-            if transmission is None:
-                row = session.get_one(OutboxRow, outbox_id)
-            else:
-                row = self._archive(session, outbox_id, transmission)
-            row.state, row.last_error = "rejected", error
+            rows: dict[int, dict[str, Any]] = {}  # outbox id -> what this batch knows of it
+            ids = list({outcome.outbox_id for outcome in outcomes})
+            for start in range(0, len(ids), Store._IN_CHUNK):
+                chunk = ids[start : start + Store._IN_CHUNK]
+                found = session.execute(
+                    select(
+                        OutboxRow.id,
+                        OutboxRow.message_id,
+                        OutboxRow.attempts,
+                        OutboxRow.payload.is_(None),
+                    ).where(OutboxRow.id.in_(chunk))
+                )
+                for outbox_id, message_id, attempts, unsent in found:
+                    rows[outbox_id] = {
+                        "message_id": message_id,
+                        "attempts": attempts,
+                        "unsent": unsent,
+                        "changes": {},
+                    }
+            archived: list[dict[str, Any]] = []
+            messages = [self._apply_outcome(rows, outcome, archived) for outcome in outcomes]
+            if archived:
+                session.execute(insert(TransmissionRow), archived)
+            self._update_outbox(session, rows)
+            delivered_at = {
+                message_id: outcome.transmission.answered_at
+                for message_id, outcome in zip(messages, outcomes, strict=True)
+                if message_id is not None and outcome.transmission is not None
+            }
+            counts = self._deliver_results(session, delivered_at)
+            return [counts.get(m, 0) if m is not None else 0 for m in messages]
 
     @staticmethod
-    def _archive(session: Session, outbox_id: int, transmission: Transmission) -> OutboxRow:
+    def _apply_outcome(
+        rows: dict[int, dict[str, Any]], outcome: Store.Outcome, archived: list[dict[str, Any]]
+    ) -> str | None:
+        """Apply one outcome to what `record_outcomes` read of its outbox row, archiving its
+        transmission; the message id when delivered (its results are marked by
+        `_deliver_results`, for all messages at once)."""
+        row = rows.get(outcome.outbox_id)
+        if row is None:
+            raise ValueError(f"no outbox row {outcome.outbox_id}")
+        transmission = outcome.transmission
+        if transmission is not None:  # None: rejected before anything was sent
+            archived.append(Store._archive(row, outcome.outbox_id, transmission))
+        changes = row["changes"]
+        if outcome.state == "rejected":
+            changes.update(state="rejected", last_error=outcome.error)
+            return None
+        assert transmission is not None  # checked by record_outcomes
+        if outcome.state == "retry":
+            changes.update(
+                last_error=transmission.error,
+                next_attempt_at=transmission.answered_at + timedelta(seconds=outcome.delay),
+            )
+            return None
+        changes.update(state="delivered", delivered_at=transmission.answered_at, last_error=None)
+        return str(row["message_id"])
+
+    @staticmethod
+    def _update_outbox(session: Session, rows: dict[int, dict[str, Any]]) -> None:
+        """Write the changed columns of each outbox row: one executemany per set of columns
+        (a delivery, a retry and a rejection change different ones)."""
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for outbox_id, row in rows.items():
+            changes = row["changes"]
+            if changes:
+                columns = tuple(sorted(changes))
+                values = {f"new_{column}": value for column, value in changes.items()}
+                by_columns.setdefault(columns, []).append({"outbox_id": outbox_id, **values})
+        for columns, params in by_columns.items():
+            # On the connection: given a list of parameters the session would run an ORM
+            # bulk update, which wants the primary key under its own name.
+            session.connection().execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == bindparam("outbox_id"))
+                .values({column: bindparam(f"new_{column}") for column in columns}),
+                params,
+            )
+
+    @staticmethod
+    def _deliver_results(session: Session, delivered_at: dict[str, datetime]) -> dict[str, int]:
+        """Mark the patient results of each delivered message; how many each had.
+
+        One count and one executemany UPDATE for the lot: building and running an UPDATE
+        statement per message cost more than everything else a batch commit does.
+        """
+        counts: dict[str, int] = {}
+        message_ids = list(delivered_at)
+        for start in range(0, len(message_ids), Store._IN_CHUNK):
+            chunk = message_ids[start : start + Store._IN_CHUNK]
+            found = session.execute(
+                select(ResultRow.message_id, func.count())
+                .where(ResultRow.message_id.in_(chunk), ResultRow.is_qc.is_(False))
+                .group_by(ResultRow.message_id)
+            )
+            counts.update((message_id, count) for message_id, count in found)
+        if counts:
+            # On the connection: the session would take a list of parameters for an ORM
+            # bulk update by primary key, and this one updates by message id.
+            session.connection().execute(
+                update(ResultRow)
+                .where(ResultRow.message_id == bindparam("m"), ResultRow.is_qc.is_(False))
+                .values(delivered_at=bindparam("at")),
+                [{"m": message_id, "at": delivered_at[message_id]} for message_id in counts],
+            )
+        return counts
+
+    @staticmethod
+    def _archive(row: dict[str, Any], outbox_id: int, transmission: Transmission) -> dict[str, Any]:
+        """Count one more attempt on `row` (as `record_outcomes` read it) and return the
+        transmissions row that archives it."""
         # The first payload sent is kept and every retry repeats it. The sender builds it
         # deterministically (MSH-7 is the outbox row's creation time), so a crash between sending
         # and this commit still yields the very same bytes when it is rebuilt after restart.
-        row = session.get_one(OutboxRow, outbox_id)
-        if row.payload is None:
-            row.payload = transmission.payload
-        row.attempts += 1
-        session.add(
-            TransmissionRow(
-                outbox_id=outbox_id,
-                attempt=row.attempts,
-                sent_at=transmission.sent_at,
-                raw_out=transmission.payload,
-                raw_in=transmission.raw_in,
-                ack_code=transmission.ack_code,
-                ack_control_id=transmission.ack_control_id,
-                acked_at=transmission.answered_at if transmission.ack_code else None,
-                error=transmission.error,
-            )
-        )
-        return row
+        if row["unsent"]:
+            row["unsent"] = False
+            row["changes"]["payload"] = transmission.payload
+        row["attempts"] += 1
+        row["changes"]["attempts"] = row["attempts"]
+        return {
+            "outbox_id": outbox_id,
+            "attempt": row["attempts"],
+            "sent_at": transmission.sent_at,
+            "raw_out": transmission.payload,
+            "raw_in": transmission.raw_in,
+            "ack_code": transmission.ack_code,
+            "ack_control_id": transmission.ack_control_id,
+            "acked_at": transmission.answered_at if transmission.ack_code else None,
+            "error": transmission.error,
+        }
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -642,7 +934,23 @@ def _result_row(
         qc_lot=result.qc_lot,
         dilution=result.dilution,
         rerun=result.rerun,
+        previous_value=result.previous.value if result.previous else None,
+        previous_unit=result.previous.unit if result.previous else None,
+        previous_at=result.previous.at if result.previous else None,
     )
+
+
+def _result_key(
+    specimen_id: str,
+    test_code: str,
+    value: str,
+    units: str,
+    status: str,
+    measured_at: datetime | None,
+) -> tuple[str, ...]:
+    """What makes a result the same result again (see `Store.find_duplicate`)."""
+    moment = utc(measured_at)
+    return (specimen_id, test_code, value, units, status, moment.isoformat() if moment else "")
 
 
 def _patient_columns(patient: Patient) -> dict[str, str]:
@@ -718,4 +1026,9 @@ def _result_model(row: ResultRow) -> Result:
         qc_lot=row.qc_lot,
         dilution=row.dilution,
         rerun=row.rerun,
+        previous=(
+            PreviousResult(row.previous_value, row.previous_unit or "", utc(row.previous_at))  # type: ignore[arg-type]
+            if row.previous_value is not None and row.previous_at is not None
+            else None
+        ),
     )

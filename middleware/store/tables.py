@@ -25,12 +25,18 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AlarmRow",
+    "AuditRow",
     "Base",
+    "ChangeRecordRow",
+    "DeviceRow",
     "MessageRow",
     "OrderRow",
     "OutboxRow",
     "ResultRow",
+    "RuleSetVersionRow",
     "SpecimenRow",
+    "SwitchRow",
     "TraceRow",
     "TransmissionRow",
 ]
@@ -76,6 +82,10 @@ class SpecimenRow(Base):
     sex: Mapped[str] = mapped_column(String(8))
     collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     is_qc: Mapped[bool] = mapped_column(Boolean)
+    # lab, or poc for a point-of-care device, with where it stands (a ward): every POC result
+    # reaches the LIS marked with its origin (GBUI XIII).
+    origin: Mapped[str] = mapped_column(String(8), default="lab")
+    location: Mapped[str] = mapped_column(String(128), default="")
 
 
 class ResultRow(Base):
@@ -114,6 +124,12 @@ class ResultRow(Base):
     # auto-validated result names both to the LIS (GBUI V-3, "validé électroniquement").
     ruleset: Mapped[str] = mapped_column(String(128), default="")
     biologist: Mapped[str] = mapped_column(String(128), default="")
+    # The patient's previous result the delta check compared with, kept to be shown to the
+    # biologist who reviews a held result and sent with it to the LIS (the issue: "the previous
+    # value travels with the result").
+    previous_value: Mapped[str | None] = mapped_column(String(64))
+    previous_unit: Mapped[str | None] = mapped_column(String(32))
+    previous_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class OutboxRow(Base):
@@ -137,6 +153,14 @@ class OutboxRow(Base):
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # results: the message as the analyser gave it; correction: the same results sent again
+    # with OBX-11 "C" because labgate changed their decision after they left ("annule et
+    # remplace", GBUI VI), e.g. a late QC rejection that holds them.
+    kind: Mapped[str] = mapped_column(String(16), default="results")
+    # Several gateways on one PostgreSQL store: the gateway that claimed this message for
+    # sending, and until when its claim holds (a crashed gateway's claim lapses).
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_outbox_due", "lis", "state", "id"),)
 
@@ -200,3 +224,109 @@ class TraceRow(Base):
     message_id: Mapped[str | None] = mapped_column(String(36), index=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class RuleSetVersionRow(Base):
+    """One activated version of a biologist's rule set, its YAML kept word for word so that any
+    earlier version can be activated again (GBUI XI-2: "retour aux conditions antérieures")."""
+
+    __tablename__ = "ruleset_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    biologist: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(512))  # the file it was read from
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(128))
+    # Exactly one row is active at a time (or none: nothing is auto-validated).
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ChangeRecordRow(Base):
+    """The "fiche de contrôle initial" of GBUI XI-2 for each activation attempt, accepted or
+    not: when, who, what changed, expected and obtained results (embedded cases, replay), the
+    verdict, and the delay after which the change counts as definitively validated."""
+
+    __tablename__ = "change_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    author: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))  # activate / rollback
+    change: Mapped[str] = mapped_column(Text)
+    ruleset_version_id: Mapped[int | None] = mapped_column(ForeignKey("ruleset_versions.id"))
+    expected: Mapped[dict[str, object]] = mapped_column(JSON)
+    obtained: Mapped[dict[str, object]] = mapped_column(JSON)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    anomaly: Mapped[str | None] = mapped_column(Text)
+    probation_days: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SwitchRow(Base):
+    """Auto-validation switched on or off, globally (`scope` global, `name` "") or for one
+    responsible biologist (`scope` biologist). Absent = on. Every change is also audited."""
+
+    __tablename__ = "autovalidation_switches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    changed_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ux_switch_scope_name", "scope", "name", unique=True),)
+
+
+class DeviceRow(Base):
+    """The lab's standing decision on one analyser: blocked devices have their results
+    quarantined, never forwarded until a person releases them (GBUI XIII)."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    blocked: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    changed_by: Mapped[str] = mapped_column(String(128))
+
+
+class AuditRow(Base):
+    """Who did what and when, for every action of a person on labgate's behaviour (switches,
+    activations, rollbacks, blocks, releases): the eCRF audit-trail note and GBUI IX."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    detail: Mapped[dict[str, object]] = mapped_column(JSON)
+
+
+class AlarmRow(Base):
+    """One alarm episode: raised once when a condition starts (a link lost, a QC rejection, a
+    LIS refusal...), seen again any number of times while it lasts, cleared when it ends, and
+    acknowledged by a person (audited). A new episode starts only after the last one cleared."""
+
+    __tablename__ = "alarms"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    occurrences: Mapped[int] = mapped_column(Integer, default=1)
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    comment: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_alarms_open", "kind", "subject", "cleared_at"),)

@@ -34,13 +34,14 @@ class Daemon:
     gateway: Gateway
     lis: LisSimulator
     db: Path
+    url: str = ""
 
     @property
     def api(self) -> str:
         return "http://{}:{}".format(*self.gateway.addresses["api"])
 
     def rows(self, query: str) -> list[sa.Row]:
-        engine = sa.create_engine(f"sqlite:///{self.db}")
+        engine = sa.create_engine(self.url or f"sqlite:///{self.db}")
         try:
             with engine.connect() as connection:
                 return list(connection.execute(sa.text(query)))
@@ -49,12 +50,17 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def daemon(tmp_path: Path, instrument_yaml: str) -> AsyncIterator[Daemon]:
+async def daemon(
+    tmp_path: Path, instrument_yaml: str, store_url: str | None = None
+) -> AsyncIterator[Daemon]:
+    """A daemon in this process with a simulated LIS; SQLite in `tmp_path` unless `store_url`
+    names another store (the PostgreSQL tests)."""
     lis = LisSimulator()
     lis_port = await lis.start()
     db = tmp_path / "labgate.db"
+    url = store_url or f"sqlite:///{db}"
     text = (
-        f"gateway: LABGATE\nstore:\n  url: sqlite:///{db}\napi:\n  port: 0\n"
+        f"gateway: LABGATE\nstore:\n  url: {url}\napi:\n  port: 0\n"
         f"lis:\n  port: {lis_port}\n  retry:\n    initial: 0.2\n    maximum: 1\n"
         f"instruments:\n{instrument_yaml}"
     )
@@ -63,7 +69,7 @@ async def daemon(tmp_path: Path, instrument_yaml: str) -> AsyncIterator[Daemon]:
     task = asyncio.create_task(gateway.run(stop))
     await asyncio.wait_for(gateway.ready.wait(), 10)
     try:
-        yield Daemon(gateway, lis, db)
+        yield Daemon(gateway, lis, db, url)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

@@ -47,16 +47,18 @@ def _incoming(number: int, *, qc: bool = False, lis: str = "lis") -> IncomingMes
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    store = Store.open(f"sqlite:///{tmp_path / 'var' / 'labgate.db'}")
+def store(store_url: str):  # type: ignore[no-untyped-def]
+    store = Store.open(store_url)
     yield store
     store.close()
 
 
-def test_sqlite_runs_in_wal_with_full_sync(store: Store) -> None:
+def test_sqlite_runs_in_wal_with_full_sync(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'wal.db'}")
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    store.close()
 
 
 def test_migrations_produce_exactly_the_models(store: Store) -> None:
@@ -167,6 +169,29 @@ def test_a_resent_message_is_found_by_its_content_within_the_window(store: Store
     assert store.find_duplicate("chem-1", "abc", NOW + timedelta(seconds=1)) is None  # too old
     assert store.find_duplicate("chem-2", "abc", NOW - timedelta(hours=1)) is None
     assert store.find_duplicate("chem-1", "other", NOW - timedelta(hours=1)) is None
+
+
+def test_a_rebuilt_resend_is_found_by_its_results(store: Store) -> None:
+    """An analyser resending with a new header (other bytes) but the same results."""
+    from dataclasses import replace
+
+    first = replace(_incoming(1), content_hash="abc")
+    store.save_message(first)
+    since = NOW - timedelta(hours=1)
+    assert store.find_duplicate("chem-1", "new-bytes", since, first.reports) == "m1"
+    (report,) = first.reports
+    (result,) = report.results
+    for changed in (
+        replace(result, value="5.5"),  # another value: a new result
+        replace(result, status="C"),  # a correction
+        replace(result, measured_at=NOW + timedelta(minutes=1)),  # a rerun
+        replace(result, measured_at=None),  # no time: cannot be told from a rerun
+    ):
+        other = (replace(report, results=(changed,)),)
+        assert store.find_duplicate("chem-1", "new-bytes", since, other) is None
+    more = (replace(report, results=(result, replace(result, test_code="K"))),)
+    assert store.find_duplicate("chem-1", "new-bytes", since, more) is None  # one is new
+    assert store.find_duplicate("chem-2", "new-bytes", since, first.reports) is None
 
 
 def test_orders_are_found_for_their_analyser_and_sent_once(store: Store) -> None:
