@@ -2,7 +2,11 @@
 that only parses the same JSON lines (the floor), in the same run. Target (validation issue):
 1M results in <= 20 s on this machine. Prints one JSON object.
 
-    python benchmarks/replay.py [--results 1000000]
+A second pass replays the same results with a QC plan (`--qc`): two control levels per test
+every morning before the results, judged by the Westgard rules, and every result given the QC
+gate's reasons (some controls are rejected, so results are held again too).
+
+    python benchmarks/replay.py [--results 1000000] [--no-qc]
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from middleware.validation.replay import read_events, replay  # noqa: E402
+from middleware.validation.qc_plan import QcPlan  # noqa: E402
+from middleware.validation.replay import ReplayStats, read_events, replay  # noqa: E402
 from middleware.validation.ruleset import load_ruleset_text  # noqa: E402
 
 TESTS = [f"T{n:02d}" for n in range(50)]
@@ -53,10 +58,40 @@ def _ruleset() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _events(count: int, path: Path) -> None:
+def _qc_plan() -> QcPlan:
+    targets = [
+        {"instrument": "chem-1", "test": code, "lot": "L1", "level": level, "mean": 5, "sd": 0.2}
+        for code in TESTS
+        for level in ("1", "2")
+    ]
+    return QcPlan.model_validate({"overdue_hours": 24, "targets": targets})
+
+
+def _controls(day: int, rng: random.Random) -> list[dict[str, object]]:
+    return [
+        {
+            "kind": "qc",
+            "instrument": "chem-1",
+            "test": code,
+            "level": level,
+            "lot": "L1",
+            "value": round(rng.gauss(5, 0.22), 2),
+            "at": f"2026-11-{day:02d}T07:00:00+00:00",
+        }
+        for code in TESTS
+        for level in ("1", "2")
+    ]
+
+
+def _events(count: int, path: Path, qc: bool = False) -> None:
     rng = random.Random(20)
+    qc_rng = random.Random(21)
+    day = 0
     with path.open("w") as out:
         for n in range(count):
+            if qc and 1 + n * 28 // count != day:
+                day = 1 + n * 28 // count
+                out.writelines(json.dumps(c) + "\n" for c in _controls(day, qc_rng))
             patient = rng.randrange(count // 20 or 1)
             specimen = n // 10
             event = {
@@ -79,6 +114,7 @@ def _events(count: int, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", type=int, default=1_000_000)
+    parser.add_argument("--no-qc", action="store_true", help="skip the pass with a QC plan")
     args = parser.parse_args()
     ruleset = load_ruleset_text(_ruleset(), "bench.yaml")
     with tempfile.TemporaryDirectory(prefix="labgate-replay-") as tmp:
@@ -92,6 +128,26 @@ def main() -> None:
         with path.open() as lines:
             held = sum(d["decision"] == "held" for d in replay(ruleset, read_events(lines)))
         elapsed = time.perf_counter() - begin
+        with_qc: dict[str, object] = {}
+        if not args.no_qc:
+            path.unlink()
+            _events(args.results, path, qc=True)
+            stats = ReplayStats()
+            begin = time.perf_counter()
+            with path.open() as lines:
+                for _line in replay(ruleset, read_events(lines), _qc_plan(), stats):
+                    pass
+            qc_elapsed = time.perf_counter() - begin
+            with_qc = {
+                "with_qc": {
+                    "seconds": round(qc_elapsed, 2),
+                    "results_per_s": round(stats.results / qc_elapsed),
+                    "qc_points": stats.qc_evaluated,
+                    "qc_runs_rejected": stats.qc_runs_rejected,
+                    "reheld_by_qc": stats.reheld_by_qc,
+                    "held_share": round(stats.held / stats.results, 3),
+                }
+            }
     print(
         json.dumps(
             {
@@ -106,6 +162,7 @@ def main() -> None:
                 "ratio_to_parse_only": round(floor / elapsed, 3),
                 "target_seconds_for_1m": 20,
                 "projected_seconds_for_1m": round(elapsed / parsed * 1_000_000, 1),
+                **with_qc,
             },
             indent=2,
         )

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
-__all__ = ["Order", "Patient", "Query", "Result", "SpecimenReport"]
+__all__ = ["Order", "Patient", "PreviousResult", "Query", "Result", "SpecimenReport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,16 @@ class Patient:
     given_name: str = ""
     birth_date: date | None = None
     sex: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousResult:
+    """The patient's previous result for the same test (from another specimen), as the delta
+    check compared with it: value and unit as written, measurement time."""
+
+    value: str
+    unit: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,9 @@ class Result:
     # auto-validation carries both with the result (AUTOVERIFICATION.md §9.5).
     dilution: str = ""
     rerun: bool = False
+    # Set by the decision pipeline, never by drivers: the previous result the delta check used,
+    # which travels with this one to the reviewer and the LIS (validation issue, step 5).
+    previous: PreviousResult | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,24 +6,51 @@ configuration) each result goes through the pure stages of `middleware.validatio
 of AUTOVERIFICATION.md §2 — switch, rule present, flags, indices, numeric, unit, reportable
 range, critical limits, auto-validation range, the biologists' named rules — plus the delta
 check against the patient's previous result, and every reason found is kept (GBUI V-3).
-Not wired yet: the QC gate (Westgard targets per lot have no home in the configuration yet),
-device blocking and per-biologist switches.
+
+Before those stages, in the order of the validation issue, come what the lab decides outside
+the rule set: a blocked device (`device_blocked`: the result is `quarantined`, never forwarded
+until a person releases it), auto-validation switched off globally (`autovalidation_disabled`)
+or for the rule set's responsible biologist (`biologist_disabled`), and the QC gate
+(`qc_failed`, `qc_overdue`) for the result's instrument and test. Each is given to the
+pipeline, which stays pure: it never reads the clock, the store or the network.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
 
 from drivers.models import Result, SpecimenReport
 from middleware.validation import delta as delta_check
 from middleware.validation.ruleset import RuleSet
 from middleware.validation.stages import SpecimenContext, decide, evaluate
 
-__all__ = ["Decision", "Pipeline", "decide_without_rules"]
+__all__ = ["Decision", "Pipeline", "QcStatus", "Switches", "decide_without_rules"]
 
 Decision = tuple[str, tuple[str, ...]]
+
+
+class QcStatus(Protocol):
+    """What the QC gate says about a patient result (`QcMonitor` in the daemon and replay)."""
+
+    def reasons_for(self, instrument: str, test: str, at: datetime) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Switches:
+    """Auto-validation as people switched it (GBUI V-3): on unless switched off, globally or
+    for one responsible biologist. The daemon reads it from the store (audited changes)."""
+
+    autovalidation: bool = True
+    disabled_biologists: frozenset[str] = frozenset()
+
+    def reasons(self, biologist: str) -> list[str]:
+        reasons = [] if self.autovalidation else ["autovalidation_disabled"]
+        if biologist and biologist in self.disabled_biologists:
+            reasons.append("biologist_disabled")
+        return reasons
 
 
 def decide_without_rules(result: Result) -> Decision:
@@ -38,6 +65,9 @@ class Pipeline:
     """Decides patient results with one rule set (or none)."""
 
     ruleset: RuleSet | None = None
+    switches: Switches = field(default_factory=Switches)
+    blocked_devices: frozenset[str] = frozenset()
+    qc: QcStatus | None = None
 
     @property
     def version(self) -> str:
@@ -59,27 +89,58 @@ class Pipeline:
         }
 
     def decide_report(
-        self, report: SpecimenReport, previous: Mapping[str, delta_check.Previous]
+        self,
+        report: SpecimenReport,
+        previous: Mapping[str, delta_check.Previous],
+        received_at: datetime | None = None,
     ) -> list[Decision]:
         """Decisions for every result of one specimen; `previous` maps a test code to the
-        patient's previous result for it (from another specimen)."""
+        patient's previous result for it (from another specimen); `received_at` stands in for
+        a measurement time the analyser did not give (for the QC gate)."""
         decisions: list[Decision] = []
+        origin: Literal["lab", "poc"] = "poc" if report.extras.get("origin") == "poc" else "lab"
         for result in report.results:
             others = tuple(r for r in report.results if r is not result)
             code = result.lis_code or result.test_code
-            decisions.append(
-                self.decide_result(result, SpecimenContext(others=others), previous.get(code))
-            )
+            context = SpecimenContext(others=others, origin=origin)
+            decisions.append(self.decide_result(result, context, previous.get(code), received_at))
         return decisions
 
     def decide_result(
-        self, result: Result, context: SpecimenContext, previous: delta_check.Previous | None
+        self,
+        result: Result,
+        context: SpecimenContext,
+        previous: delta_check.Previous | None,
+        received_at: datetime | None = None,
     ) -> Decision:
         """One result in its specimen, with the patient's previous result for the same test."""
-        if self.ruleset is None or result.is_qc:
+        if result.is_qc:
             return decide_without_rules(result)
-        reasons = evaluate(self.ruleset, result, context)
-        return decide(reasons, self._delta(result, previous))
+        front = self.lab_reasons(result, received_at)
+        if self.ruleset is None:
+            front.append("no_rule")
+            reasons: list[str] = []
+            delta: list[str] = []
+        else:
+            reasons = evaluate(self.ruleset, result, context)
+            delta = self._delta(result, previous)
+        decision, found = decide(front + reasons, delta)
+        if "device_blocked" in found:
+            return ("quarantined", found)
+        return (decision, found)
+
+    def lab_reasons(self, result: Result, received_at: datetime | None = None) -> list[str]:
+        """The reasons decided outside the rule set, first in the issue's order: device
+        blocked, switches, then the QC gate of the result's instrument and test."""
+        reasons = ["device_blocked"] if result.instrument in self.blocked_devices else []
+        reasons += self.switches.reasons(self.biologist)
+        if self.qc is not None:
+            at = result.measured_at or received_at
+            if at is not None:
+                reasons += self.qc.reasons_for(
+                    result.instrument, result.lis_code or result.test_code, at
+                )
+        return reasons
 
     def _delta(self, result: Result, previous: delta_check.Previous | None) -> list[str]:
         code = result.lis_code or result.test_code

@@ -161,3 +161,89 @@ def test_replay_prints_a_decision_per_result_and_compares(tmp_path: Path) -> Non
     events.write_text("not json\n")
     bad = labgate("replay", "--rules", "config/rules/example.yaml", "--input", str(events))
     assert bad.returncode == 2 and "line 1" in bad.stderr
+
+
+def test_replay_with_a_qc_plan_holds_again_and_says_how_many(tmp_path: Path) -> None:
+    import json
+
+    def at(hour: int) -> str:
+        return f"2026-11-20T{hour:02d}:00:00+00:00"
+
+    control = {"kind": "qc", "instrument": "cobas1", "test": "GLU", "level": 1, "lot": "CC1-2611"}
+    result = {"kind": "result", "patient": "P1", "test": "GLU", "unit": "mmol/L"}
+    result["instrument"] = "cobas1"
+    lines = [
+        {**control, "value": 5.5, "at": at(7)},
+        {**result, "id": "r1", "specimen": "S1", "value": "5.2", "at": at(8)},
+        {**control, "value": 6.1, "at": at(9)},  # +4 SD: 1-3s
+        {**result, "id": "r2", "specimen": "S2", "value": "5.3", "at": at(10)},
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    rules, plan = "config/rules/example.yaml", "config/qc/example.yaml"
+    replayed = labgate("replay", "--rules", rules, "--qc", plan, "--input", str(events))
+    assert replayed.returncode == 0, replayed.stderr
+    assert [json.loads(line) for line in replayed.stdout.splitlines()] == [
+        {"id": "r1", "decision": "autovalidated", "reasons": []},
+        {"id": "r1", "decision": "held", "reasons": ["qc_failed"], "reheld_by_qc": True},
+        {"id": "r2", "decision": "held", "reasons": ["qc_failed"]},
+    ]
+    assert "2 QC result(s): 2 evaluated, 1 run(s) rejected, 1 result(s) held again" in (
+        replayed.stderr
+    )
+    without = labgate("replay", "--rules", rules, "--input", str(events))
+    assert "2 QC result(s): not evaluated without --qc" in without.stderr
+    refused = labgate("replay", "--rules", rules, "--qc", rules, "--input", str(events))
+    assert refused.returncode == 2
+    assert "QC plan refused" in refused.stderr and f"{rules}:7: name:" in refused.stderr
+
+
+def test_replay_from_the_store_reads_it_without_writing(tmp_path: Path) -> None:
+    import hashlib
+    import json
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from drivers.models import Patient, Result, SpecimenReport
+    from middleware.store import IncomingMessage, Store
+
+    database = tmp_path / "labgate.db"
+    store = Store.open(f"sqlite:///{database}")
+    for number, (value, hour) in enumerate([("5.2", 8), ("8.0", 20)], 1):
+        measured = datetime(2026, 11, 20, hour, tzinfo=UTC)
+        result = Result(
+            f"S{number}", "GLU", value, numeric=Decimal(value), units="mmol/L", measured_at=measured
+        )
+        store.save_message(
+            IncomingMessage(
+                message_id=f"m{number}",
+                connection="chem-1",
+                protocol="astm",
+                received_at=measured,
+                raw=b"raw",
+                reports=(SpecimenReport(f"S{number}", Patient("P1"), (result,)),),
+                decisions=(("held", ("no_rule",)),),
+                lis="lis",
+            )
+        )
+    store.close()
+    digest = hashlib.sha256(database.read_bytes()).hexdigest()
+    url = f"sqlite:///{database}"
+    rules = "config/rules/example.yaml"
+    replayed = labgate("replay", "--rules", rules, "--from-store", "--database", url)
+    assert replayed.returncode == 0, replayed.stderr
+    assert [json.loads(line) for line in replayed.stdout.splitlines()] == [
+        {"id": 1, "decision": "autovalidated", "reasons": []},
+        {"id": 2, "decision": "held", "reasons": ["delta_exceeded"]},
+    ]
+    since = labgate(
+        "replay", "--rules", rules, "--from-store", "--database", url, "--since", "2026-11-20T12:00"
+    )
+    assert [json.loads(line)["id"] for line in since.stdout.splitlines()] == [2]
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == digest
+    missing = labgate(
+        "replay", "--rules", rules, "--from-store", "--database", f"sqlite:///{tmp_path}/no.db"
+    )
+    assert missing.returncode == 2 and "no database at" in missing.stderr
+    misplaced = labgate("replay", "--rules", rules, "--input", "x.jsonl", "--since", "2026-01-01")
+    assert misplaced.returncode == 2 and "go with --from-store" in misplaced.stderr

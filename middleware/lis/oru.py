@@ -1,8 +1,9 @@
 """Turn stored specimen reports into the HL7 ORU^R01 the LIS receives.
 
-The decision travels with every result as an NTE under its OBX until the HL7 issue gives it its
-own fields (the "validé électroniquement" marking, GBUI V-3/VI): a held result must never look
-validated to the LIS.
+The decision travels with every result as an NTE under its OBX (the "validé électroniquement"
+marking, GBUI V-3/VI): a held result must never look validated to the LIS. Further NTEs give
+the previous result the delta check compared with (shown to the reviewer), and the origin of a
+point-of-care result (device and location, GBUI XIII). A correction goes out with OBX-11 "C".
 """
 
 from __future__ import annotations
@@ -101,7 +102,20 @@ def _observation(
     reasons: tuple[str, ...],
     decided_by: Mapping[str, str],
 ) -> ObservationOut:
-    note = decision_note(decision, reasons, decided_by)
+    notes = [*result.comments, decision_note(decision, reasons, decided_by)]
+    if result.previous is not None:
+        # What the delta check compared with, for the biologist who reviews the result.
+        previous = result.previous
+        notes.append(
+            f"valeur antérieure: {previous.value} {previous.unit}".rstrip()
+            + f" ({previous.at.astimezone(UTC):%Y-%m-%d %H:%M} UTC)"
+        )
+    if decided_by.get("origin") == "poc":
+        where = decided_by.get("location") or "?"
+        notes.append(f"origine: biologie délocalisée — {result.instrument} ({where})")
+    # A correction ("annule et remplace", GBUI VI): labgate changed the decision after the
+    # result left, e.g. a late QC rejection; the LIS replaces what it had.
+    status = "C" if decided_by.get("correction") else _OBX_STATUS.get(result.status, "F")
     return ObservationOut(
         set_id=index,
         # The LIS's own code after the driver's transcoding table (GBUI XIV), if it has one.
@@ -113,8 +127,8 @@ def _observation(
         units=result.units,
         reference_range=result.reference_range,
         abnormal_flags=result.normalized_flags or result.flags,
-        status=_OBX_STATUS.get(result.status, "F"),
+        status=status,
         observed_at=result.measured_at,
         producer=result.instrument,
-        notes=(*result.comments, note),
+        notes=tuple(notes),
     )

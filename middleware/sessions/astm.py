@@ -29,9 +29,8 @@ import structlog
 from drivers import registry
 from drivers.base import DriverError
 from middleware.config.settings import AstmInstrumentSettings
-from middleware.sessions.deciding import decide_reports
 from middleware.sessions.services import AnalyserSession, SessionServices
-from middleware.store import IncomingMessage, StoreUnavailable
+from middleware.store import StoreUnavailable
 from protocols import astm
 from protocols.errors import RemoteProtocolError
 
@@ -77,7 +76,7 @@ class AstmSession(AnalyserSession):
         self.on_stored = services.on_stored
         self.gateway_name = services.gateway_name
         self.ask_lis = services.ask_lis
-        self.pipeline = services.pipeline
+        self.validation = services.validation
         self.driver = registry.resolve(settings.driver)
         self._timers = astm.Timers(
             establish=settings.timers.establish,
@@ -181,6 +180,7 @@ class _Conversation:
                 await self._on_message(event)
             elif isinstance(event, astm.FrameRejected):
                 self.session.health.count(name, "errors")
+                self.session.health.count(name, "naks")
                 log.warning("frame_nak_sent", reason=event.reason, length=len(event.raw))
                 await self._trace("frame_rejected", event.raw, event.reason)
             elif isinstance(event, astm.TransferAborted):
@@ -270,7 +270,7 @@ class _Conversation:
                 since = datetime.now(UTC) - timedelta(hours=settings.duplicate_window_hours)
                 try:
                     original = await session.store.read(
-                        session.store.find_duplicate, name, digest, since
+                        session.store.find_duplicate, name, digest, since, reports
                     )
                 except StoreUnavailable as exc:
                     log.error("store_unavailable", error=str(exc))
@@ -287,27 +287,30 @@ class _Conversation:
                         return False
                     log.info("duplicate_message_ignored", original=original)
                     return message
+            received_at = datetime.now(UTC)
             try:
-                decisions = await decide_reports(session.store, session.pipeline, reports)
+                incoming = await session.validation.message(
+                    message_id=message_id,
+                    connection=name,
+                    protocol="astm",
+                    received_at=received_at,
+                    raw=raw,
+                    reports=reports,
+                    lis=session.lis,
+                    content_hash=digest,
+                    origin="poc" if settings.poc else "lab",
+                    location=settings.location,
+                )
             except StoreUnavailable as exc:
                 log.error("store_unavailable", error=str(exc))
                 return False
-            incoming = IncomingMessage(
-                message_id=message_id,
-                connection=name,
-                protocol="astm",
-                received_at=datetime.now(UTC),
-                raw=raw,
-                reports=tuple(reports),
-                decisions=decisions,
-                ruleset=session.pipeline.version,
-                biologist=session.pipeline.biologist,
-                lis=session.lis,
-                forward=any(not report.is_qc and report.results for report in reports),
-                content_hash=digest,
-            )
-            if not await self._save(session.store.save_message, incoming):
+            try:
+                await session.store.save(incoming)  # group commit with other analysers
+            except StoreUnavailable as exc:
+                session.health.count(name, "errors")
+                log.error("store_unavailable", error=str(exc))
                 return False
+            await session.validation.qc_stored(incoming.reports, received_at, session.lis)
             results = sum(len(report.results) for report in reports)
             session.health.count(name, "received")
             session.health.count(name, "stored", results)

@@ -1,5 +1,8 @@
 """An HL7 analyser connection (IHE LAW LAB-29): MLLP in, OUL^R22 / ORU^R01 results, ACK out.
 
+Queries for work (LAB-27 QBP^Q11) are answered RSP^K11; orders pushed to the analyser (LAB-28)
+are sent by `middleware.sessions.hl7_orders`, on a connection of their own or on this one.
+
 The same rule as for ASTM: the analyser gets `AA` only once the message, its results and its
 outbox row are committed. A message that cannot be read is kept as refused, with why, and
 answered `AE` (sending the same bytes again would not help); when the store cannot commit, the
@@ -17,20 +20,13 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from drivers.hl7_results import reports_from_hl7
-from drivers.models import Order
 from middleware.config.settings import Hl7InstrumentSettings
 from middleware.io.mllp import answer_messages
-from middleware.sessions.deciding import decide_reports
+from middleware.sessions.hl7_orders import Hl7OrderPusher, ResultsConnectionLink, order_spec
 from middleware.sessions.services import AnalyserSession, SessionServices
-from middleware.store import IncomingMessage, StoreUnavailable
+from middleware.store import StoreUnavailable
 from protocols.errors import RemoteProtocolError
-from protocols.hl7 import (
-    OrderPatient,
-    OrderSpec,
-    build_ack,
-    build_rsp_k11,
-    parse_qbp_q11,
-)
+from protocols.hl7 import build_ack, build_rsp_k11, parse_qbp_q11
 from protocols.hl7.inbound import parse_results_message
 
 __all__ = ["Hl7Session"]
@@ -43,26 +39,6 @@ def _is_query(message: bytes) -> bool:
     header = message.split(b"\r", 1)[0].split(b"\n", 1)[0]
     fields = header.split(header[3:4]) if len(header) > 3 else []
     return len(fields) > 8 and fields[8].startswith(b"QBP")
-
-
-def _order_spec(order: Order) -> OrderSpec:
-    patient = order.patient
-    return OrderSpec(
-        specimen_id=order.specimen_id,
-        tests=order.tests,
-        patient=OrderPatient(
-            patient.patient_id,
-            patient.family_name,
-            patient.given_name,
-            patient.birth_date,
-            patient.sex,
-        )
-        if patient.patient_id
-        else None,
-        priority=order.priority if order.priority in {"R", "S", "A"} else "R",
-        action="C" if order.action == "C" else "N",
-        collected_at=order.collected_at,
-    )
 
 
 def _control_id() -> str:
@@ -79,14 +55,27 @@ class Hl7Session(AnalyserSession):
         self.lis = services.lis
         self.on_stored = services.on_stored
         self.ask_lis = services.ask_lis
-        self.pipeline = services.pipeline
+        self.validation = services.validation
+        #: Pushes the LIS's orders to the analyser (LAB-28) when `settings.orders` says how;
+        #: the gateway runs it. Without it the analyser asks for its work (LAB-27).
+        self.order_pusher = (
+            Hl7OrderPusher(settings, services.store, services.health, sender=services.gateway_name)
+            if settings.orders is not None
+            else None
+        )
 
     def orders_waiting(self) -> None:
-        """HL7 analysers ask for their work (LAB-27 queries); pushing it to them (LAB-28
-        OML^O33 from labgate) is not done yet."""
+        """New orders for this analyser were stored: the pusher (if any) sends them now."""
+        if self.order_pusher is not None:
+            self.order_pusher.wake()
 
     async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Answer each message on the connection, in order, after it is committed."""
+        """Answer each message on the connection, in order, after it is committed (and, when
+        orders go on this connection, hand the analyser's answers to them to the pusher)."""
+        link = self.order_pusher.link if self.order_pusher is not None else None
+        if isinstance(link, ResultsConnectionLink):
+            await link.serve(reader, writer, self._handle, self._refused, self.settings.max_message)
+            return
         await answer_messages(
             reader, writer, self._handle, self._refused, self.settings.max_message
         )
@@ -121,7 +110,7 @@ class Hl7Session(AnalyserSession):
             try:
                 if settings.duplicate_window_hours > 0:
                     since = now - timedelta(hours=settings.duplicate_window_hours)
-                    original = await store.read(store.find_duplicate, name, digest, since)
+                    original = await store.read(store.find_duplicate, name, digest, since, reports)
                     if original is not None:
                         await store.run(
                             store.save_trace,
@@ -133,25 +122,24 @@ class Hl7Session(AnalyserSession):
                         )
                         log.info("duplicate_message_ignored", original=original)
                         return build_ack(message, "AA", _control_id(), now)
-                incoming = IncomingMessage(
+                incoming = await self.validation.message(
                     message_id=message_id,
                     connection=name,
                     protocol="hl7",
                     received_at=now,
                     raw=message,
-                    reports=tuple(reports),
-                    decisions=await decide_reports(store, self.pipeline, reports),
-                    ruleset=self.pipeline.version,
-                    biologist=self.pipeline.biologist,
+                    reports=reports,
                     lis=self.lis,
-                    forward=any(not report.is_qc and report.results for report in reports),
                     content_hash=digest,
+                    origin="poc" if settings.poc else "lab",
+                    location=settings.location,
                 )
-                await store.run(store.save_message, incoming)
+                await store.save(incoming)
             except StoreUnavailable as exc:
                 self.health.count(name, "errors")
                 log.error("store_unavailable", error=str(exc))
                 return build_ack(message, "AR", _control_id(), now, text="not stored, send again")
+            await self.validation.qc_stored(incoming.reports, now, self.lis)
             results = sum(len(report.results) for report in reports)
             self.health.count(name, "received")
             self.health.count(name, "stored", results)
@@ -177,7 +165,7 @@ class Hl7Session(AnalyserSession):
             return build_ack(message, "AR", _control_id(), now, text="try again")
         if not found and self.ask_lis is not None:
             found = await self.ask_lis(query.specimen_ids, name)
-        orders = [_order_spec(order) for _, order in found if order.tests]
+        orders = [order_spec(order) for _, order in found if order.tests]
         answer = build_rsp_k11(message, orders, _control_id(), now, status="OK" if orders else "NF")
         if found:
             try:

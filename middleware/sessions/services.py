@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
 from drivers.models import Order
 from middleware.health import Health
-from middleware.pipeline import Pipeline
 from middleware.store import Store
+
+if TYPE_CHECKING:
+    from middleware.sessions.deciding import LiveValidation
 
 __all__ = ["AnalyserSession", "AskLis", "SessionServices"]
 
@@ -24,14 +28,14 @@ AskLis = Callable[[Sequence[str], str], Awaitable[list[tuple[int, Order]]]]
 
 @dataclass(frozen=True, slots=True)
 class SessionServices:
-    """The store, the health board, the LIS's name and outbox wake-up, the decision pipeline,
-    and (when configured) query forwarding to the LIS."""
+    """The store, the health board, the LIS's name and outbox wake-up, the live validation
+    (pipeline, switches, QC), and (when configured) query forwarding to the LIS."""
 
     store: Store
     health: Health
     lis: str
     on_stored: Callable[[], None]
-    pipeline: Pipeline = field(default_factory=Pipeline)
+    validation: LiveValidation
     ask_lis: AskLis | None = None
     gateway_name: str = "LABGATE"
 
@@ -47,14 +51,34 @@ class AnalyserSession:
         self.health = health
         self.idle_state = "listening"  # "disconnected" for links labgate opens itself
         self._active = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._idle = asyncio.Event()  # set while no conversation is running
+        self._idle.set()
 
     async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
+
+    async def disconnect_all(self) -> None:
+        """Close every open connection of this analyser (it was removed from the configuration
+        or changed): its conversations end, and what was not acknowledged it sends again."""
+        writers, self._writers = self._writers, set()
+        for writer in writers:
+            writer.close()
+        for writer in writers:
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+        # Let each conversation finish its own clean-up (state, counters) before the caller
+        # forgets this analyser.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._idle.wait()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Handle one connection with the analyser until it closes."""
         peer = writer.get_extra_info("peername")
         self._active += 1
+        self._idle.clear()
+        self._writers.add(writer)
         self.health.set_state(self.name, "connected")
         with structlog.contextvars.bound_contextvars(
             instrument=self.name, connection=uuid.uuid4().hex[:8]
@@ -69,7 +93,9 @@ class AnalyserSession:
                 log.exception("analyser_session_failed")
             finally:
                 self._active -= 1
+                self._writers.discard(writer)
                 if self._active == 0:
+                    self._idle.set()
                     self.health.set_state(self.name, self.idle_state)
                 writer.close()
                 try:

@@ -100,9 +100,26 @@ def limits(rule: DeltaRule) -> tuple[Decimal, Decimal]:
         limit = to_decimal(rule.limit)
         return -limit, limit
     assert rule.cva is not None and rule.cvi is not None  # checked in DeltaRule
-    cva, cvi, z = to_decimal(rule.cva), to_decimal(rule.cvi), to_decimal(rule.z)
+    # The RCV limits cost square roots, logarithms and exponentials: computed once per set of
+    # parameters. The key keeps each parameter's type and text, so the cached bounds are the
+    # very Decimals a fresh computation would give (Decimal("1.0") and 1 do not share them).
+    key = (rule.method, *((type(v), str(v)) for v in (rule.cva, rule.cvi, rule.z)))
+    bounds = _RCV_LIMITS.get(key)
+    if bounds is None:
+        if len(_RCV_LIMITS) >= _RCV_CACHE_SIZE:
+            _RCV_LIMITS.clear()
+        bounds = _RCV_LIMITS[key] = _rcv_limits(rule.method, rule.cva, rule.cvi, rule.z)
+    return bounds
+
+
+_RCV_CACHE_SIZE = 1024
+_RCV_LIMITS: dict[tuple[object, ...], tuple[Decimal, Decimal]] = {}
+
+
+def _rcv_limits(method: str, cva_: Number, cvi_: Number, z_: Number) -> tuple[Decimal, Decimal]:
+    cva, cvi, z = to_decimal(cva_), to_decimal(cvi_), to_decimal(z_)
     k = Decimal(2).sqrt() * z
-    if rule.method == "rcv":
+    if method == "rcv":
         rcv = k * (cva * cva + cvi * cvi).sqrt()
         return -rcv, rcv
     a, i = cva / _HUNDRED, cvi / _HUNDRED

@@ -191,7 +191,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in sorted(value.items())}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            # Set by the decision pipeline, never by a driver: not part of what drivers make.
+            if not (f.name == "previous" and getattr(value, f.name) is None)
+        }
     return value
 
 
