@@ -9,7 +9,12 @@ analyser --protocol astm (--tcp HOST:PORT | --serial PATH [--baud 9600])
 
 analyser --protocol hl7 --tcp HOST:PORT [--oul|--oru] --generate N [--results-per-message K]
          [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--seed S]
+         [--order-port P [--order-host H] [--order-ack AA|AE|AR|none] [--order-ack-sequence C,C]
+          [--order-tls-cert FILE --order-tls-key FILE]]
     An HL7 analyser (MLLP client, TLS with --tls-ca, mutual TLS with a client certificate).
+    With --order-port it also listens for the orders labgate pushes (IHE LAW LAB-28), answers
+    each ORL^O34 (ACK for ORM^O01) with --order-ack, or not at all with `none`, prints one JSON
+    line per order, and keeps listening after its results until Ctrl-C (exit 0).
 
 lis --port P [--host H] [--received-dir D] [--ack AA|AE|AR] [--ack-sequence AE,AE]
     [--ack-delay S] [--silent] [--drop-connection-after N]
@@ -19,6 +24,11 @@ lis --port P [--host H] [--received-dir D] [--ack AA|AE|AR] [--ack-sequence AE,A
 lis-orders --tcp HOST:PORT --specimen S --tests A,B [--oml|--orm] [--patient ID]
            [--priority R|S] [--cancel] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
     Push one order to labgate as the LIS; one JSON line with the answer. Exit 0 on AA/CA.
+
+poct1a --tcp HOST:PORT [--operator ID] [--generate N] [--interval S] [--qc-every K] [--mllp]
+       [--no-operator-check] [--stay] [--seed S]
+    A POCT1-A glucose meter (simulators/poct1a.py): one JSON line per test (its ACK, or why
+    the device refused to run it: locked, unknown operator), lock/unlock as they come.
 """
 
 from __future__ import annotations
@@ -34,14 +44,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from protocols.errors import LocalProtocolError
+from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.hl7 import ACK_CODES
+from protocols.hl7.orders_in import parse_order_message
 from protocols.hl7.outbound import OrderPatient, OrderSpec
 from simulators.analyser import AnalyserSimulator, build_result_message, demo_results
 from simulators.connection import Endpoint, SerialEndpoint, TcpEndpoint
 from simulators.faults import Faults
-from simulators.hl7_analyser import Hl7AnalyserSimulator
+from simulators.hl7_analyser import NO_ANSWER, Hl7AnalyserSimulator
 from simulators.lis import LisSimulator, ReceivedMessage
+from simulators.poct1a import add_parser as add_poct1a_parser
+from simulators.poct1a import run_cli as run_poct1a
 from simulators.replay import messages_from_file, specimen_of
 from simulators.tls import client_context, server_context
 
@@ -64,10 +77,13 @@ def main(argv: list[str]) -> int:
             return asyncio.run(_run_analyser(args))
         if args.command == "lis-orders":
             return asyncio.run(_run_lis_orders(args))
+        if args.command == "poct1a":
+            return asyncio.run(run_poct1a(args))
         return asyncio.run(_run_lis(args))
     except KeyboardInterrupt:
         # The coroutine has already been cancelled and has closed its connections.
-        return 0 if args.command == "lis" else _INTERRUPTED
+        listening = args.command == "lis" or getattr(args, "order_port", None) is not None
+        return 0 if listening else _INTERRUPTED
 
 
 # --- analyser ----------------------------------------------------------------------------
@@ -160,55 +176,99 @@ async def _run_hl7_analyser(args: argparse.Namespace) -> int:
         return 2
     try:
         context = _client_tls(args)
+        order_context = (
+            server_context(args.order_tls_cert, args.order_tls_key)
+            if args.order_tls_cert is not None
+            else None
+        )
     except (OSError, ValueError) as exc:
         print(f"simulate analyser: TLS: {exc}", file=sys.stderr)
         return 2
     sim = Hl7AnalyserSimulator(
-        args.tcp.host, args.tcp.port, ssl=context, kind=args.hl7_kind, seed=args.seed
+        args.tcp.host,
+        args.tcp.port,
+        ssl=context,
+        kind=args.hl7_kind,
+        seed=args.seed,
+        order_ack=args.order_ack,
+        order_acks=args.order_ack_sequence,
+        on_order=_print_order,
     )
+    if args.order_port is not None:
+        try:
+            port = await sim.start_order_listener(
+                args.order_host, args.order_port, ssl=order_context
+            )
+        except OSError as exc:
+            where = f"{args.order_host}:{args.order_port}"
+            print(f"simulate analyser: cannot listen for orders on {where}: {exc}", file=sys.stderr)
+            return 1
+        _emit(order_listener=f"{args.order_host}:{port}")
     try:
         await sim.connect()
     except (OSError, TimeoutError) as exc:
+        await sim.close()
         print(f"simulate analyser: cannot open {args.tcp}: {exc}", file=sys.stderr)
         return 1
     started = time.monotonic()
     count = acknowledged = 0
     rng = random.Random(args.seed)
     try:
-        for number in range(1, args.generate + 1):
-            if number > 1 and args.interval:
-                await asyncio.sleep(args.interval)
-            specimen = f"SIM{number:07d}"
-            begin = time.monotonic()
-            try:
-                ack = await sim.send_results(
-                    specimen, f"PAT{rng.randint(1, 500):05d}", args.results_per_message
+        try:
+            for number in range(1, args.generate + 1):
+                if number > 1 and args.interval:
+                    await asyncio.sleep(args.interval)
+                specimen = f"SIM{number:07d}"
+                begin = time.monotonic()
+                try:
+                    ack = await sim.send_results(
+                        specimen, f"PAT{rng.randint(1, 500):05d}", args.results_per_message
+                    )
+                    code: str | None = ack.code
+                except (OSError, TimeoutError) as exc:
+                    code = None
+                    _emit(message=number, specimen=specimen, error=str(exc) or type(exc).__name__)
+                    break
+                finally:
+                    count += 1
+                acknowledged += ack.accepted
+                _emit(
+                    message=number,
+                    specimen=specimen,
+                    ack=code,
+                    seconds=round(time.monotonic() - begin, 4),
                 )
-                code: str | None = ack.code
-            except (OSError, TimeoutError) as exc:
-                code = None
-                _emit(message=number, specimen=specimen, error=str(exc) or type(exc).__name__)
-                break
-            finally:
-                count += 1
-            acknowledged += ack.accepted
+        finally:
             _emit(
-                message=number,
-                specimen=specimen,
-                ack=code,
-                seconds=round(time.monotonic() - begin, 4),
+                summary={
+                    "messages": count,
+                    "acknowledged": acknowledged,
+                    "failed": count - acknowledged,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
             )
+        if args.order_port is not None:
+            await asyncio.Event().wait()  # take orders until Ctrl-C cancels us
     finally:
         await sim.close()
-        _emit(
-            summary={
-                "messages": count,
-                "acknowledged": acknowledged,
-                "failed": count - acknowledged,
-                "seconds": round(time.monotonic() - started, 3),
-            }
-        )
     return 0 if acknowledged == count else 1
+
+
+def _print_order(message: bytes, answer: str) -> None:
+    """One JSON line per order labgate pushed: its type, specimens, actions and our answer."""
+    try:
+        read = parse_order_message(message)
+    except RemoteProtocolError as exc:
+        _emit(order=None, error=str(exc), answer=answer)
+        return
+    _emit(
+        order=read.control_id,
+        type=f"{read.message_type}^{read.trigger}",
+        specimens=[o.specimen_id for o in read.orders],
+        actions=[o.order_control for o in read.orders],
+        tests=[list(o.tests) for o in read.orders],
+        answer=answer,
+    )
 
 
 async def _run_lis_orders(args: argparse.Namespace) -> int:
@@ -328,6 +388,14 @@ def _ack_codes(text: str) -> list[str]:
     return [_ack_code(code.strip()) for code in text.split(",") if code.strip()]
 
 
+def _order_answer(text: str) -> str:
+    return text if text == NO_ANSWER else _ack_code(text)
+
+
+def _order_answers(text: str) -> list[str]:
+    return [_order_answer(code.strip()) for code in text.split(",") if code.strip()]
+
+
 def _test_codes(text: str) -> list[str]:
     codes = [code.strip() for code in text.split(",") if code.strip()]
     if not codes:
@@ -413,6 +481,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     analyser.set_defaults(hl7_kind="OUL")
     _tls_client_options(analyser)
+    pushed = analyser.add_argument_group("orders pushed by labgate (HL7, IHE LAW LAB-28)")
+    pushed.add_argument(
+        "--order-port",
+        metavar="P",
+        type=int,
+        help="listen for labgate's OML^O33 / ORM^O01 on this port (0: any free port)",
+    )
+    pushed.add_argument("--order-host", metavar="H", default="127.0.0.1")
+    pushed.add_argument(
+        "--order-ack",
+        metavar="CODE",
+        type=_order_answer,
+        default="AA",
+        help=f"answer to each order: AA (default), AE, AR..., or {NO_ANSWER} (stay silent)",
+    )
+    pushed.add_argument(
+        "--order-ack-sequence",
+        metavar="CODES",
+        type=_order_answers,
+        default=[],
+        help=f"answers to the first orders, e.g. {NO_ANSWER},AE (then --order-ack)",
+    )
+    pushed.add_argument("--order-tls-cert", metavar="FILE", help="serve orders over TLS")
+    pushed.add_argument("--order-tls-key", metavar="FILE", help="key of --order-tls-cert")
     analyser.add_argument(
         "--reconnect",
         action="store_true",
@@ -467,4 +559,5 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--orm", dest="order_kind", action="store_const", const="ORM")
     orders.set_defaults(order_kind="OML")
     _tls_client_options(orders)
+    add_poct1a_parser(commands)  # `labgate simulate poct1a`: a point-of-care device
     return parser

@@ -57,6 +57,39 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def list_orders(specimen_id: str | None = None) -> list[dict[str, Any]]:
         return await gateway.store.read(gateway.store.list_orders, specimen_id)
 
+    @app.get("/api/validation")
+    async def validation() -> dict[str, Any]:
+        """What decides right now: the active rule-set version, the switches, the blocked
+        devices, the QC plan in force, and the latest change records (GBUI XI-2)."""
+        store = gateway.store
+        state = await store.read(store.governance_state)
+        records = await store.read(store.change_records, 10)
+        active = state.active
+        qc = gateway.validation.qc
+        return {
+            "ruleset": None
+            if active is None
+            else {
+                "version_id": active.version_id,
+                "name": active.name,
+                "version": active.version,
+                "biologist": active.biologist,
+                "activated_by": active.created_by,
+                "sha256": active.sha256,
+            },
+            "autovalidation": state.autovalidation,
+            "disabled_biologists": sorted(state.disabled_biologists),
+            "blocked_devices": sorted(state.blocked_devices),
+            "qc_gate": qc is not None,
+            "change_records": records,
+        }
+
+    @app.get("/api/alarms")
+    async def alarms(open_only: bool = True, limit: int = 100) -> list[dict[str, Any]]:
+        """Alarm episodes, newest first (open ones by default). Acknowledging is a person's
+        act: `labgate alarms ack` (the console adds it with login)."""
+        return await gateway.store.read(gateway.store.alarms, open_only, limit)
+
     @app.get("/metrics")
     async def metrics() -> Response:
         depth = await gateway.store.read(gateway.store.outbox_depth, gateway.settings.lis.name)

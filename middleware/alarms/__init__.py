@@ -1,0 +1,1 @@
+"""Alarms: conditions (pure), episodes in the store, the monitoring task and its webhook."""
