@@ -61,6 +61,11 @@ class Daemon:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def hangup(self) -> None:
+        """SIGHUP, as `systemctl reload labgate` sends it: read the configuration again."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
     def interrupt(self, timeout: float = 15.0) -> int:
         """Ctrl-C, as a person would stop `make run`; returns the exit code."""
         assert self.process is not None
