@@ -5,8 +5,14 @@
     labgate status [--config FILE | --url URL]   ask a running daemon how it is
     labgate astm decode FILE            print an ASTM capture as JSON lines, one per record
     labgate hl7 decode FILE             print HL7 messages as JSON lines with validation findings
+    labgate hprim decode FILE           print HPRIM Santé records as JSON lines with findings
     labgate rules check|test FILE       validate a rule set / run its embedded test cases
-    labgate replay --rules F --input EVENTS.jsonl [--output F | --compare OTHER_RULES]
+    labgate rules activate|versions|history|rollback   rule-set versions (GBUI XI-2 records)
+    labgate autovalidation on|off, labgate device block|unblock, labgate audit
+    labgate trace ..., labgate outbox list|resend|release, labgate archive purge-bytes
+    labgate alarms list|ack, labgate backup|restore|export|doctor (operations)
+    labgate replay --rules F [--qc PLAN] (--input EVENTS.jsonl | --from-store) [--output F |
+                   --compare OTHER_RULES]
     labgate simulate analyser|lis ...   run a simulated analyser or LIS (fault injection)
 
 Exit codes: 0 success, 1 the daemon or the request failed, 2 bad input (usage, configuration).
@@ -70,6 +76,15 @@ async def _serve(settings: Settings, config_path: str) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     gateway = Gateway(settings)
+    reloading = asyncio.Lock()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.create_task(_reload(gateway, config_path, reloading))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     extra = None
     lis_simulator = None
     if settings.demo is not None:
@@ -84,6 +99,35 @@ async def _serve(settings: Settings, config_path: str) -> None:
         banner.cancel()
         if lis_simulator is not None:
             await lis_simulator.close()
+
+
+async def _reload(gateway: Any, config_path: str, lock: asyncio.Lock) -> None:
+    """SIGHUP: read the configuration file again and apply it; a refused file changes nothing
+    (the daemon goes on with the configuration it has, and says why in its log)."""
+    import structlog
+
+    from middleware.ops.systemd import Notifier
+
+    log = structlog.get_logger("labgate.reload")
+    async with lock:
+        if gateway.state != "running":
+            return
+        notifier = Notifier()
+        notifier.send("RELOADING=1")
+        try:
+            try:
+                new = await asyncio.to_thread(load_settings, config_path)
+            except ConfigError as exc:
+                log.error(
+                    "reload_refused", file=config_path, problems=[str(p) for p in exc.problems]
+                )
+                return
+            kept = await gateway.reload(new)
+            log.info("configuration_reloaded", file=config_path, needs_restart=kept)
+        except Exception:
+            log.exception("reload_failed")
+        finally:
+            notifier.send("READY=1")
 
 
 async def _announce(gateway: Any, config_path: str, demo_lis: bool) -> None:
@@ -153,6 +197,12 @@ def _hl7_decode(args: argparse.Namespace) -> int:
     return decode([args.file, *(["--no-validate"] if args.no_validate else [])])
 
 
+def _hprim_decode(args: argparse.Namespace) -> int:
+    from middleware.tools.hprim_decode import main as decode
+
+    return decode([args.file, "--encoding", args.encoding, *(["--strict"] if args.strict else [])])
+
+
 def _load_rules(path: str) -> Any:
     from middleware.validation.ruleset import load_ruleset
 
@@ -195,46 +245,97 @@ def _rules_test(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from middleware.validation.replay import ReplayError, compare, read_events, replay
+    import contextlib
+    from datetime import UTC, datetime
 
+    from middleware.store.history import HistoryError, open_read_only, read_history
+    from middleware.validation.qc_plan import load_qc_plan
+    from middleware.validation.replay import (
+        ReplayError,
+        ReplayStats,
+        compare,
+        read_events,
+        replay,
+    )
+
+    def refuse(message: str) -> int:
+        print(f"labgate: {message}", file=sys.stderr)
+        return 2
+
+    def moment(text: str | None, option: str) -> datetime | None:
+        if text is None:
+            return None
+        try:
+            at = datetime.fromisoformat(text)
+        except ValueError:
+            raise ReplayError(f"{option}: not an ISO date or time: {text!r}") from None
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+    if not args.from_store and (args.config or args.database or args.since or args.until):
+        return refuse("--config, --database, --since and --until go with --from-store")
     ruleset = _load_rules(args.rules)
     other = _load_rules(args.compare) if args.compare else None
     if ruleset is None or (args.compare and other is None):
         return 2
-    try:
-        with open(args.input, encoding="utf-8") as lines:
-            events = list(read_events(lines))
-    except OSError as exc:
-        print(f"labgate: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
-        return 2
-    except ReplayError as exc:
-        print(f"labgate: {args.input}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if other is not None:
-            comparison = compare(ruleset, other, events)
-            print(
-                json.dumps(
-                    {
-                        "results": comparison.results,
-                        "changed": dict(comparison.changed),
-                        "examples": comparison.examples,
-                    },
-                    ensure_ascii=False,
-                    indent=2,
-                )
-            )
-            return 0
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    qc_plan = None
+    if args.qc:
         try:
-            for decision in replay(ruleset, events):
+            qc_plan = load_qc_plan(args.qc)
+        except ConfigError as exc:
+            print(f"labgate: QC plan refused ({len(exc.problems)} problem(s)):", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
+    source = args.input
+    stats = ReplayStats()
+    with contextlib.ExitStack() as stack:
+        try:
+            if args.from_store:
+                url = args.database
+                if url is None:
+                    settings = _load(args.config or DEFAULT_CONFIG)
+                    if settings is None:
+                        return 2
+                    url = settings.store.url
+                source = url
+                since, until = moment(args.since, "--since"), moment(args.until, "--until")
+                engine = open_read_only(url)
+                stack.callback(engine.dispose)
+                events: Any = read_history(engine, since, until)
+            else:
+                lines = stack.enter_context(open(args.input, encoding="utf-8"))
+                events = read_events(lines)
+            if other is not None:
+                comparison = compare(ruleset, other, list(events), qc_plan=qc_plan)
+                summary = {
+                    "results": comparison.results,
+                    "changed": dict(comparison.changed),
+                    "examples": comparison.examples,
+                }
+                print(json.dumps(summary, ensure_ascii=False, indent=2))
+                return 0
+            out = (
+                stack.enter_context(open(args.output, "w", encoding="utf-8"))
+                if args.output
+                else sys.stdout
+            )
+            for decision in replay(ruleset, events, qc_plan, stats):
                 out.write(json.dumps(decision, ensure_ascii=False) + "\n")
-        finally:
-            if out is not sys.stdout:
-                out.close()
-    except ReplayError as exc:
-        print(f"labgate: {args.input}: {exc}", file=sys.stderr)
-        return 2
+        except OSError as exc:
+            return refuse(f"{exc.filename or source}: {exc.strerror}")
+        except (ReplayError, HistoryError) as exc:
+            return refuse(f"{source}: {exc}")
+    qc = (
+        f"{stats.qc_evaluated} evaluated, {stats.qc_runs_rejected} run(s) rejected, "
+        f"{stats.reheld_by_qc} result(s) held again"
+        if qc_plan is not None
+        else "not evaluated without --qc"
+    )
+    print(
+        f"replay: {stats.results} result(s): {stats.autovalidated} autovalidated, "
+        f"{stats.held} held; {stats.qc_points} QC result(s): {qc}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -280,6 +381,18 @@ def _parser() -> argparse.ArgumentParser:
     hl7_decode.add_argument("--no-validate", action="store_true", help="skip hl7apy checks")
     hl7_decode.set_defaults(handler=_hl7_decode)
 
+    hprim_tools = commands.add_parser("hprim", help="tools for HPRIM Santé (French LIS) links")
+    hprim_commands = hprim_tools.add_subparsers(dest="hprim_command", required=True)
+    hprim_decode = hprim_commands.add_parser(
+        "decode", help="print an HPRIM Santé file (2.2, 2.4) as JSON lines, one per record"
+    )
+    hprim_decode.add_argument("file")
+    hprim_decode.add_argument("--encoding", default="latin-1")
+    hprim_decode.add_argument(
+        "--strict", action="store_true", help="structure warnings make the exit status 1"
+    )
+    hprim_decode.set_defaults(handler=_hprim_decode)
+
     rules = commands.add_parser("rules", help="auto-validation rule sets")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     rules_check = rules_commands.add_parser("check", help="validate a rule-set file")
@@ -288,12 +401,29 @@ def _parser() -> argparse.ArgumentParser:
     rules_test = rules_commands.add_parser("test", help="run a rule set's embedded test cases")
     rules_test.add_argument("file")
     rules_test.set_defaults(handler=_rules_test)
+    from middleware import archive_cli, governance_cli, ops_cli
+
+    governance_cli.add_commands(commands, rules_commands)
+    archive_cli.add_commands(commands)
+    ops_cli.add_commands(commands)
 
     replay = commands.add_parser(
         "replay", help="decide past results with a rule set, without touching the store"
     )
     replay.add_argument("--rules", required=True, help="rule-set file")
-    replay.add_argument("--input", required=True, help="events, JSON lines (results and QC)")
+    replay.add_argument("--qc", metavar="PLAN", help="QC plan: Westgard rules and the QC gate")
+    replay_source = replay.add_mutually_exclusive_group(required=True)
+    replay_source.add_argument("--input", help="events, JSON lines (results and QC)")
+    replay_source.add_argument(
+        "--from-store", action="store_true", help="the stored results (read-only)"
+    )
+    replay_store = replay.add_mutually_exclusive_group()
+    replay_store.add_argument(
+        "--config", help=f"with --from-store: its store (default {DEFAULT_CONFIG})"
+    )
+    replay_store.add_argument("--database", metavar="URL", help="with --from-store: this store")
+    replay.add_argument("--since", metavar="ISO", help="with --from-store: measured at or after")
+    replay.add_argument("--until", metavar="ISO", help="with --from-store: measured before")
     replay.add_argument("--output", help="decisions, JSON lines (default: standard output)")
     replay.add_argument("--compare", metavar="OTHER_RULES", help="count what changes with another")
     replay.set_defaults(handler=_replay)

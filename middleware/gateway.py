@@ -17,6 +17,7 @@ import contextlib
 import functools
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -24,19 +25,30 @@ from typing import Any
 import structlog
 import uvicorn
 
-from middleware.config.settings import Hl7InstrumentSettings, Settings, TcpServerTransport
+from middleware.alarms.center import AlarmCenter
+from middleware.config.loader import read_text_file
+from middleware.config.settings import (
+    Hl7InstrumentSettings,
+    InstrumentSettings,
+    Poct1aInstrumentSettings,
+    Settings,
+    TcpServerTransport,
+)
 from middleware.health import ConnectionHealth, Health
 from middleware.io.links import describe, keep_open, serve_tcp
 from middleware.io.tls import client_context, server_context
 from middleware.lis.orders import LisOrderReceiver
 from middleware.lis.queries import LisQueryClient
 from middleware.lis.sender import LisSender
+from middleware.ops import daemon as operations
 from middleware.pipeline import Pipeline
 from middleware.sessions.astm import AstmSession
+from middleware.sessions.deciding import LiveValidation
 from middleware.sessions.hl7 import Hl7Session
+from middleware.sessions.poct1a import Poct1aSession
 from middleware.sessions.services import SessionServices
 from middleware.store import Store
-from middleware.validation.ruleset import load_ruleset
+from middleware.validation.qc_plan import load_qc_plan
 from middleware.web.app import create_app
 
 __all__ = ["Gateway"]
@@ -73,6 +85,16 @@ async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
             pause = min(pause * 2, 60.0)
 
 
+@dataclass(slots=True)
+class _Instrument:
+    """What runs for one configured analyser."""
+
+    settings: InstrumentSettings
+    session: AstmSession | Hl7Session | Poct1aSession
+    server: asyncio.Server | None
+    tasks: list[asyncio.Task[None]]
+
+
 class Gateway:
     """One labgate daemon. `ready` is set once every listener is bound."""
 
@@ -84,8 +106,122 @@ class Gateway:
         self.started_at = datetime.now(UTC)
         self.ready = asyncio.Event()
         self.addresses: dict[str, tuple[str, int]] = {}
-        self.sessions: dict[str, AstmSession | Hl7Session] = {}
+        self.sessions: dict[str, AstmSession | Hl7Session | Poct1aSession] = {}
         self.store: Store
+        self.validation: LiveValidation
+        self.alarms: AlarmCenter
+        self._services: SessionServices
+        self._instruments: dict[str, _Instrument] = {}
+
+    async def _start_instrument(self, instrument: InstrumentSettings) -> _Instrument:
+        """Start serving one analyser: its session, and its listener or the link labgate keeps
+        open to it, plus its own tasks (order push)."""
+        session: AstmSession | Hl7Session | Poct1aSession
+        services = self._services
+        tasks: list[asyncio.Task[None]] = []
+        tls = getattr(instrument, "tls", None)
+        if isinstance(instrument, Hl7InstrumentSettings):
+            session = Hl7Session(instrument, services)
+            if (pusher := session.order_pusher) is not None:  # LAB-28 order push
+                task_name = f"orders-{instrument.name}"
+                tasks.append(asyncio.create_task(_supervise(task_name, pusher.run), name=task_name))
+        elif isinstance(instrument, Poct1aInstrumentSettings):
+            session = Poct1aSession(instrument, services)  # POC device, connects in
+        else:
+            session = AstmSession(instrument, services)
+        self.sessions[instrument.name] = session
+        transport = instrument.transport
+        kind = transport.type + ("+tls" if tls else "")
+        health = ConnectionHealth(instrument.name, instrument.protocol, kind, describe(transport))
+        self.health.add(health)
+        server = None
+        if isinstance(transport, TcpServerTransport):
+            context = server_context(tls) if tls else None
+            server = await serve_tcp(transport, session.serve, context)
+            bound = server.sockets[0].getsockname()
+            self.addresses[instrument.name] = (bound[0], bound[1])
+            health.address = f"{bound[0]}:{bound[1]}"
+            self.health.set_state(instrument.name, "listening")
+            log.info("instrument_listening", instrument=instrument.name, address=health.address)
+        else:
+            # labgate opens this link itself and keeps it open.
+            session.idle_state = "disconnected"
+            name = instrument.name
+            opener = keep_open(
+                name,
+                transport,
+                session.serve,
+                functools.partial(self.health.set_state, name),
+                client_context(tls) if tls else None,
+                tls.server_hostname if tls else None,
+            )
+            tasks.append(asyncio.create_task(opener, name=f"link-{name}"))
+            log.info("instrument_opening", instrument=name, address=health.address)
+        return _Instrument(instrument, session, server, tasks)
+
+    async def _stop_instrument(self, name: str) -> None:
+        """Stop serving one analyser: no new connection, its open ones closed (what it had not
+        seen acknowledged it sends again), its tasks cancelled."""
+        running = self._instruments.pop(name)
+        if running.server is not None:
+            running.server.close()
+        for task in running.tasks:
+            task.cancel()
+        await running.session.disconnect_all()
+        await asyncio.gather(*running.tasks, return_exceptions=True)
+        if running.server is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await running.server.wait_closed()
+        self.sessions.pop(name, None)
+        self.addresses.pop(name, None)
+        self.health.remove(name)
+
+    async def reload(self, new: Settings) -> list[str]:
+        """Apply a new configuration without a restart (SIGHUP): instruments added, changed or
+        removed — the unchanged ones keep their connections — and the alarm thresholds. What
+        cannot change while running (store, API, LIS link, validation files) is kept and
+        reported; returns those notes."""
+        kept = [
+            section
+            for section in ("gateway", "store", "api", "lis", "validation", "backup")
+            if getattr(new, section, None) != getattr(self.settings, section, None)
+        ]
+        old = {i.name: i for i in self.settings.instruments}
+        wanted = {i.name: i for i in new.instruments}
+        for name in old.keys() - wanted.keys():
+            await self._stop_instrument(name)
+            log.info("instrument_removed", instrument=name)
+        for name, instrument in wanted.items():
+            if name in old and old[name] == instrument:
+                continue
+            if name in old:
+                await self._stop_instrument(name)
+            self._instruments[name] = await self._start_instrument(instrument)
+            log.info("instrument_changed" if name in old else "instrument_added", instrument=name)
+        self.alarms.reconfigure(new.alarms)
+        updates = {"instruments": new.instruments, "alarms": new.alarms}
+        self.settings = self.settings.model_copy(update=updates)
+        for section in kept:
+            log.warning("reload_needs_restart", section=section)
+        return kept
+
+    async def _validation(self, wake_sender: Callable[[], None]) -> LiveValidation:
+        """The live validation: QC plan from the configuration, rule set and switches from the
+        store (the configured rule-set file seeds an empty store)."""
+        settings = self.settings.validation
+        qc_plan = load_qc_plan(settings.qc) if settings and settings.qc else None
+        validation = LiveValidation(self.store, Pipeline(), qc_plan, wake_sender)
+        seed = (settings.rules, read_text_file(settings.rules)) if settings else None
+        await validation.start(seed)
+        pipeline = validation.pipeline
+        if pipeline.ruleset is not None:
+            log.info("rule_set_loaded", rule_set=pipeline.version, biologist=pipeline.biologist)
+        return validation
+
+    async def _watch_validation(self) -> None:
+        settings = self.settings.validation
+        await self.validation.watch(settings.reload_seconds if settings else 1.0)
 
     def _wake_session(self, instrument: str) -> None:
         session = self.sessions.get(instrument)
@@ -129,59 +265,28 @@ class Gateway:
             )
             sender = LisSender(lis, self.store, self.health)
             ask_lis = LisQueryClient(lis, self.store).ask if lis.query_forwarding else None
-            pipeline = Pipeline(
-                load_ruleset(settings.validation.rules) if settings.validation else None
+            self.validation = await self._validation(sender.wake)
+            tasks.append(
+                asyncio.create_task(
+                    _supervise("validation-reload", self._watch_validation), name="validation"
+                )
             )
-            if pipeline.ruleset is not None:
-                log.info("rule_set_loaded", rule_set=pipeline.version, biologist=pipeline.biologist)
+            self.alarms = AlarmCenter(
+                settings.alarms, self.store, self.health, self.validation, settings.gateway
+            )
+            tasks.append(asyncio.create_task(_supervise("alarms", self.alarms.run), name="alarms"))
             services = SessionServices(
                 self.store,
                 self.health,
                 lis.name,
                 sender.wake,
-                pipeline=pipeline,
+                validation=self.validation,
                 ask_lis=ask_lis,
                 gateway_name=settings.gateway,
             )
+            self._services = services
             for instrument in settings.instruments:
-                session: AstmSession | Hl7Session
-                tls = getattr(instrument, "tls", None)
-                if isinstance(instrument, Hl7InstrumentSettings):
-                    session = Hl7Session(instrument, services)
-                else:
-                    session = AstmSession(instrument, services)
-                self.sessions[instrument.name] = session
-                transport = instrument.transport
-                kind = transport.type + ("+tls" if tls else "")
-                health = ConnectionHealth(
-                    instrument.name, instrument.protocol, kind, describe(transport)
-                )
-                self.health.add(health)
-                if isinstance(transport, TcpServerTransport):
-                    context = server_context(tls) if tls else None
-                    server = await serve_tcp(transport, session.serve, context)
-                    servers.append(server)
-                    bound = server.sockets[0].getsockname()
-                    self.addresses[instrument.name] = (bound[0], bound[1])
-                    health.address = f"{bound[0]}:{bound[1]}"
-                    self.health.set_state(instrument.name, "listening")
-                    log.info(
-                        "instrument_listening", instrument=instrument.name, address=health.address
-                    )
-                else:
-                    # labgate opens this link itself and keeps it open.
-                    session.idle_state = "disconnected"
-                    name = instrument.name
-                    opener = keep_open(
-                        name,
-                        transport,
-                        session.serve,
-                        functools.partial(self.health.set_state, name),
-                        client_context(tls) if tls else None,
-                        tls.server_hostname if tls else None,
-                    )
-                    tasks.append(asyncio.create_task(opener, name=f"link-{name}"))
-                    log.info("instrument_opening", instrument=name, address=health.address)
+                self._instruments[instrument.name] = await self._start_instrument(instrument)
             if lis.orders is not None:
                 receiver = LisOrderReceiver(
                     f"{lis.name}-orders", lis.orders, self.store, self.health, self._wake_session
@@ -213,6 +318,7 @@ class Gateway:
                 tasks.append(asyncio.create_task(extra(self), name="demo"))
             self.state = "running"
             self.ready.set()
+            tasks += operations.start(self)  # READY=1, watchdog, metrics, backups
             log.info(
                 "gateway_started",
                 version=self.version,
@@ -221,9 +327,12 @@ class Gateway:
             await self._until_stopped(stop, tasks)
         finally:
             self.state = "stopping"
+            operations.stopping()  # STOPPING=1
             log.info("gateway_stopping")
             for server in servers:
                 server.close()
+            for name in list(self._instruments):
+                await self._stop_instrument(name)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

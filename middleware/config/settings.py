@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,12 +20,17 @@ __all__ = [
     "AnalyserSimulatorSettings",
     "ApiSettings",
     "AstmInstrumentSettings",
+    "BackupSettings",
     "DemoSettings",
     "Hl7InstrumentSettings",
+    "Hl7OrdersSettings",
     "InstrumentSettings",
     "LisOrdersSettings",
     "LisSettings",
     "LisSimulatorSettings",
+    "Poct1aInstrumentSettings",
+    "Poct1aOperator",
+    "Poct1aTimeouts",
     "SerialTransport",
     "Settings",
     "StoreSettings",
@@ -151,7 +157,10 @@ class AstmInstrumentSettings(_Model):
     # A message identical to one stored from this analyser within this many hours is the
     # analyser resending after a lost ACK: acknowledged again, not stored twice.
     duplicate_window_hours: Annotated[float, Field(ge=0)] = 24.0
+    # A point-of-care device, and where it stands (a ward): its results reach the LIS marked
+    # with that origin (GBUI XIII) and rules may test `origin == "poc"`.
     poc: bool = False
+    location: str = ""
 
     _name = field_validator("name")(_check_name)
 
@@ -177,6 +186,42 @@ class AstmInstrumentSettings(_Model):
         return value
 
 
+class Hl7OrdersSettings(_Model):
+    """How labgate pushes orders to an HL7 analyser (IHE LAW LAB-28 work order broadcast).
+
+    In LAW the side that sends a message owns its MLLP connection: labgate, placing the
+    orders, connects to the analyser's order listener, a port apart from the results link
+    (`connection: order-port`, with `host`, `port`, optional `tls`). Analysers that take
+    orders on the connection they already have with labgate use `connection: results`.
+    One message per specimen and action, OML^O33 (LAW) or ORM^O01 (older analysers); each
+    must be answered (ORL^O34 / ACK) within `ack_timeout`, else it is sent again, the same
+    bytes, after a pause growing from `retry.initial` to `retry.maximum` seconds."""
+
+    connection: Literal["order-port", "results"] = "order-port"
+    host: str = ""
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    tls: TlsSettings | None = None
+    connect_timeout: PositiveFloat = 10.0
+    message_type: Literal["OML^O33", "ORM^O01"] = "OML^O33"
+    ack_timeout: PositiveFloat = 30.0
+    retry: RetrySettings = Field(default_factory=lambda: RetrySettings())  # defined below
+    # MSH-5/MSH-6 of the orders; MSH-5 is the instrument's name when empty.
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+    @model_validator(mode="after")
+    def _where(self) -> Hl7OrdersSettings:
+        if self.connection == "order-port" and (not self.host.strip() or self.port is None):
+            raise ValueError(
+                "connection order-port needs the analyser's order listener: host, port"
+            )
+        if self.connection == "results" and (self.host or self.port is not None or self.tls):
+            raise ValueError(
+                "connection results sends on the results link: no host, port or tls here"
+            )
+        return self
+
+
 class Hl7InstrumentSettings(_Model):
     """An analyser speaking HL7 v2 over MLLP (IHE LAW: OUL^R22 or ORU^R01 results)."""
 
@@ -188,14 +233,76 @@ class Hl7InstrumentSettings(_Model):
     encoding: str = "latin-1"
     max_message: Annotated[int, Field(ge=1024)] = 1_048_576
     duplicate_window_hours: Annotated[float, Field(ge=0)] = 24.0
-    poc: bool = False
+    poc: bool = False  # a point-of-care device, at `location` (as for ASTM instruments)
+    location: str = ""
+    # Orders pushed to the analyser (LAB-28) when it is in the LIS's `orders.download_to`;
+    # without this section it gets its orders only by asking (LAB-27 queries).
+    orders: Hl7OrdersSettings | None = None
 
     _name = field_validator("name")(_check_name)
     _encoding = field_validator("encoding")(_check_encoding)
 
 
+class Poct1aOperator(_Model):
+    """An operator certified to run tests on the lab's POCT1-A devices (GBUI XIII-2: each
+    user has an individual code). Sent to the device in its operator list (OPL.R01); a result
+    by anyone else is refused and kept with the reason."""
+
+    # Badge numbers are often written bare in YAML (id: 1042): take them as the text they are.
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    name: str = ""
+    valid_until: date | None = None  # last day of certification (ACC.expiration_date)
+
+
+class Poct1aTimeouts(_Model):
+    """How long labgate waits for a POCT1-A device, in seconds."""
+
+    hello: PositiveFloat = 30.0  # from the connection to the device's HEL.R01
+    # For the device's ACK to labgate's directives, lists and requests; none: END, and the
+    # device reconnects. Devices announce their own (DCA 60 s, Sofia 100 s, Nova 120 s).
+    reply: PositiveFloat = 60.0
+
+
+class Poct1aInstrumentSettings(_Model):
+    """A point-of-care device speaking POCT1-A2 (glucose meter, blood gas, HbA1c...). It
+    connects to labgate (the device is the TCP client); its results reach the LIS marked with
+    their origin, `location` (GBUI XIII-2 6), and it is locked while the lab blocks it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    name: str
+    protocol: Literal["poct1a"]
+    transport: TcpServerTransport
+    location: str = ""  # the ward or unit where the device stands
+    # Who may test. Empty: no operator list is sent and no operator is checked.
+    operators: tuple[Poct1aOperator, ...] = ()
+    # The device's observation ids (LOINC or local) to the LIS's test codes (GBUI XIV).
+    test_codes: dict[str, str] = Field(default_factory=dict)
+    timeouts: Poct1aTimeouts = Poct1aTimeouts()
+    max_message: Annotated[int, Field(ge=1024)] = 1_048_576
+    duplicate_window_hours: Annotated[float, Field(ge=0)] = 24.0
+    # Ask the device to send each result as it is measured (DTV START_CONTINUOUS); otherwise
+    # labgate asks (REQ ROBS) whenever the device reports new observations.
+    continuous: bool = True
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("operators")
+    @classmethod
+    def _unique_operators(cls, value: tuple[Poct1aOperator, ...]) -> tuple[Poct1aOperator, ...]:
+        seen: set[str] = set()
+        for operator in value:
+            if operator.id in seen:
+                raise ValueError(f"operator id {operator.id!r} is listed twice")
+            seen.add(operator.id)
+        return value
+
+
 InstrumentSettings = Annotated[
-    AstmInstrumentSettings | Hl7InstrumentSettings, Field(discriminator="protocol")
+    AstmInstrumentSettings | Hl7InstrumentSettings | Poct1aInstrumentSettings,
+    Field(discriminator="protocol"),
 ]
 
 
@@ -256,6 +363,11 @@ class LisSettings(_Model):
     # AE/AR from the LIS: `stop` keeps the message for a person (default: no blind loop);
     # `retry` retransmits it like a missing ACK (for LIS that answer AE when busy).
     on_reject: Literal["stop", "retry"] = "stop"
+    # Messages on the wire before the first one's ACK is back. 1 (the default) is
+    # stop-and-wait, right for every LIS. More only for a LIS that accepts several messages
+    # in flight and acknowledges each by MSA-2: ACKs are matched by control id, and on any
+    # failure everything not yet acknowledged is sent again, in order, after the backoff.
+    window: Annotated[int, Field(ge=1, le=1000)] = 1
     # original: the LIS answers AA/AE/AR. enhanced: MSH-15 AL / MSH-16 NE, the LIS's commit
     # acknowledgement (CA) is final — it has taken the message in charge; CE/CR as AE/AR.
     ack_mode: Literal["original", "enhanced"] = "original"
@@ -311,7 +423,28 @@ class LisSimulatorSettings(_Model):
 class ValidationSettings(_Model):
     """The biologists' rule set deciding which results are auto-validated (GBUI V-3)."""
 
-    rules: str  # path of a rule-set YAML file (see config/rules/example.yaml)
+    # Path of a rule-set YAML file (see config/rules/example.yaml). It seeds an empty store:
+    # from then on the store's active version decides, changed with `labgate rules activate`
+    # and `labgate rules rollback` (GBUI XI-2 change records).
+    rules: str
+    # The lab's QC plan (Westgard rules, targets per lot, intervals; config/qc/example.yaml).
+    # Without it the QC gate is off: QC results are stored and forwarded to no one.
+    qc: str | None = None
+    # How often the daemon looks for switches, blocks and activations made from elsewhere.
+    reload_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+    @field_validator("qc")
+    @classmethod
+    def _qc_loads(cls, value: str | None) -> str | None:
+        from middleware.config.loader import ConfigError
+        from middleware.validation.qc_plan import load_qc_plan
+
+        if value is not None:
+            try:
+                load_qc_plan(value)
+            except ConfigError as exc:
+                raise ValueError(f"QC plan refused: {exc}") from None
+        return value
 
     @field_validator("rules")
     @classmethod
@@ -323,6 +456,62 @@ class ValidationSettings(_Model):
             load_ruleset(value)
         except ConfigError as exc:
             raise ValueError(f"rule set refused: {exc}") from None
+        return value
+
+
+class AlarmSettings(_Model):
+    """When labgate raises alarms (middleware/alarms/conditions.py says what each one means),
+    and where it tells people besides the store, the API and /metrics."""
+
+    check_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # A link labgate opens itself (the LIS, TCP-client and serial analysers) down this long.
+    link_lost_after_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Per instrument: no message for this many minutes is an alarm (analysers that connect
+    # to labgate come and go; this is how their silence is noticed).
+    silence_minutes: dict[str, Annotated[float, Field(gt=0)]] = {}
+    error_rate: Annotated[int, Field(ge=0)] = 10  # errors per window on one connection; 0: off
+    error_window_minutes: Annotated[float, Field(gt=0)] = 10.0
+    backlog_messages: Annotated[int, Field(ge=1)] = 1000
+    backlog_age_minutes: Annotated[float, Field(gt=0)] = 15.0
+    webhook: str | None = None  # URL that receives a JSON POST when an alarm starts or ends
+    webhook_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Devices labgate blocks by itself when one of these alarms starts for them (GBUI XIII:
+    # the lab must be able to block a POC analyser). Unblocking is always a person's decision.
+    auto_block: dict[
+        str, tuple[Literal["qc_failed", "qc_overdue", "link_lost", "silence", "error_rate"], ...]
+    ] = {}
+
+
+class BackupSettings(_Model):
+    """Automatic daily backups of the store (GBUI I-4: at fixed intervals, with no one having
+    to do anything, each run recorded). `labgate backup` takes one at any time."""
+
+    # Where backups go: better a share on another machine than the store's own disk.
+    directory: str
+    # Local time of the daily backup, "HH:MM" (quote it: YAML reads 02:30 as a number). A
+    # daemon that was not running then takes the missed one shortly after it starts.
+    at: str = "02:30"
+    keep: Annotated[int, Field(ge=1, le=3650)] = 14  # newest backups kept, older ones deleted
+    # PostgreSQL stores: the folder of pg_dump, pg_restore and psql (empty: the newest of
+    # /usr/lib/postgresql/*/bin, else PATH). pg_dump must be as new as the server.
+    pg_bin: str = ""
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _time_of_day(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value // 60:02d}:{value % 60:02d}"  # YAML 1.1 sexagesimal: 2:30 -> 150
+        if isinstance(value, str):
+            hours, _, minutes = value.partition(":")
+            if not (
+                hours.isdigit()
+                and len(minutes) == 2
+                and minutes.isdigit()
+                and int(hours) < 24
+                and int(minutes) < 60
+            ):
+                raise ValueError('must be a time of day "HH:MM", e.g. "02:30"')
+            return f"{int(hours):02d}:{int(minutes):02d}"
         return value
 
 
@@ -342,6 +531,8 @@ class Settings(_Model):
     lis: LisSettings
     instruments: tuple[InstrumentSettings, ...] = ()
     validation: ValidationSettings | None = None
+    alarms: AlarmSettings = AlarmSettings()
+    backup: BackupSettings | None = None
     demo: DemoSettings | None = None
 
     def instrument(self, name: str) -> InstrumentSettings:
@@ -364,6 +555,10 @@ def cross_check(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
         seen.add(instrument.name)
+    for section in ("silence_minutes", "auto_block"):
+        for name in getattr(settings.alarms, section):
+            if name not in seen:
+                problems.append((("alarms", section, name), f"no instrument named {name!r}"))
     if settings.lis.orders is not None:
         for index, name in enumerate(settings.lis.orders.download_to):
             if name not in seen:
