@@ -88,7 +88,7 @@ async def _phases(
 
 
 async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    lis = LisSimulator()
+    lis = LisSimulator(fast_ack=True)
     lis_port = await lis.start()
     api_port, *ports = free_ports(args.analysers + 1)
     lines = [
@@ -98,6 +98,7 @@ async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         f"  port: {api_port}",
         "lis:",
         f"  port: {lis_port}",
+        f"  window: {args.window}",
         "instruments:",
     ]
     for i, port in enumerate(ports):
@@ -132,7 +133,7 @@ async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any
 
 
 async def _run_baseline(args: argparse.Namespace) -> dict[str, Any]:
-    lis = LisSimulator()
+    lis = LisSimulator(fast_ack=True)
     lis_port = await lis.start()
     [port] = free_ports(1)
     relay = subprocess.Popen(
@@ -160,6 +161,9 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=100, help="messages per analyser")
     parser.add_argument("--results", type=int, default=5, help="results per message")
     parser.add_argument("--pace", type=float, default=0.2, help="seconds between messages, paced")
+    parser.add_argument(
+        "--window", type=int, default=64, help="labgate's LIS window (1: stop-and-wait)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="labgate-bench-") as tmp:
         labgate = await _run_labgate(args, Path(tmp))
@@ -172,6 +176,7 @@ async def main() -> None:
         "messages_per_analyser": args.messages,
         "results_per_message": args.results,
         "pace_s": args.pace,
+        "lis_window": args.window,
         "labgate": labgate,
         "baseline": baseline,
         "ratio": {

@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import functools
 import socket
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -251,6 +252,12 @@ class Gateway:
         """Run until `stop` is set; `extra` (the demo's simulators) runs beside the daemon."""
         settings = self.settings
         self.store = await asyncio.to_thread(Store.open, settings.store.url)
+        # Several gateways may share one PostgreSQL store: this one's name in the outbox claims,
+        # held longer than any one exchange with the LIS can take.
+        self.store.claimant = f"{settings.gateway}-{uuid.uuid4().hex[:8]}"
+        self.store.claim_lease = timedelta(
+            seconds=max(120.0, 4 * settings.lis.ack_timeout + settings.lis.retry.maximum)
+        )
         servers: list[asyncio.Server] = []
         tasks: list[asyncio.Task[None]] = []
         try:

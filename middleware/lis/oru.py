@@ -78,7 +78,9 @@ def build_results_message(
             sex=report.patient.sex,
             orders=tuple(orders[key]),
         )
-        for key, report in patient_of.items()
+        # A specimen without a patient id goes first: HL7 2.5.1 lets its PATIENT group be left
+        # out there, whereas further down its results would read as the previous patient's.
+        for key, report in sorted(patient_of.items(), key=lambda entry: entry[0] != "")
     ]
     build = build_oul_r22 if lis.message_type == "OUL^R22" else build_oru_r01
     return build(header, people)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     type_coerce,
     update,
 )
@@ -146,6 +147,10 @@ class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labgate-store")
         # Reads never wait behind commits: WAL lets them run beside the one writer.
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="labgate-read")
+        # Who this gateway is when several share one PostgreSQL store (set by the gateway), and
+        # how long its hold on a LIS's queue lasts without renewal.
+        self.claimant: str | None = None
+        self.claim_lease = timedelta(seconds=120)
         self._group: GroupCommit[IncomingMessage, int | None] = GroupCommit(
             self._writer,
             self._save_batch,
@@ -552,8 +557,12 @@ class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore
         `after` skips the rows up to that outbox id: a pipelining sender reads the next batch
         while the end of the previous one is still in flight, and so still pending.
         """
+        if self._claims and not self._claim(lis, now, limit, after):
+            return []  # another gateway holds the head of this LIS's queue
         with self._sessions() as session:
             where = [OutboxRow.lis == lis, OutboxRow.state == "pending"]
+            if self._claims:
+                where.append(OutboxRow.claimed_by == self.claimant)
             if after is not None:
                 where.append(OutboxRow.id > after)
             due: list[Any] = []
@@ -588,15 +597,70 @@ class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore
             return items
 
     def next_attempt_time(self, lis: str) -> datetime | None:
-        """When the head of this LIS's queue is due (None when the queue is empty)."""
+        """When the head of this LIS's queue is due (None when the queue is empty); while
+        another gateway holds it, when that gateway's claim lapses at the earliest."""
         with self._sessions() as session:
-            moment = session.scalar(
-                select(OutboxRow.next_attempt_at)
+            head = session.execute(
+                select(OutboxRow.next_attempt_at, OutboxRow.claimed_by, OutboxRow.claimed_until)
                 .where(OutboxRow.lis == lis, OutboxRow.state == "pending")
                 .order_by(OutboxRow.id)
                 .limit(1)
+            ).first()
+        if head is None:
+            return None
+        moment = utc(head.next_attempt_at)
+        if self._claims and head.claimed_by not in (None, self.claimant):
+            moment = max(moment, utc(head.claimed_until) or moment)  # type: ignore[type-var]
+        return moment
+
+    # --- gateways sharing one PostgreSQL store ------------------------------------------------
+
+    @property
+    def _claims(self) -> bool:
+        return self.claimant is not None and self.engine.dialect.name == "postgresql"
+
+    def _claim(self, lis: str, now: datetime, limit: int, after: int | None) -> bool:
+        """Take (or keep) this LIS's queue for this gateway: False if another gateway holds its
+        head. One gateway sends a LIS's messages at a time, so they leave in order; the others
+        take over when its claim lapses (it stopped, or crashed: `claim_lease` after its last
+        renewal). Claimers queue on a per-LIS advisory lock, and rows are taken with
+        FOR UPDATE SKIP LOCKED, so two gateways never hold the same message."""
+        me = self.claimant
+        until = now + self.claim_lease
+        with self._sessions.begin() as session:
+            session.execute(
+                text("select pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"labgate-outbox:{lis}"},
             )
-            return utc(moment)
+            pending = (OutboxRow.lis == lis, OutboxRow.state == "pending")
+            head = session.execute(
+                select(OutboxRow.claimed_by, OutboxRow.claimed_until)
+                .where(*pending)
+                .order_by(OutboxRow.id)
+                .limit(1)
+            ).first()
+            if head is None:
+                return True
+            held = utc(head.claimed_until)
+            if head.claimed_by not in (None, me) and held is not None and held > now:
+                return False
+            taken = select(OutboxRow.id).where(*pending).order_by(OutboxRow.id).limit(limit)
+            if after is not None:
+                taken = taken.where(OutboxRow.id > after)
+            ids = session.scalars(taken.with_for_update(skip_locked=True)).all()
+            if ids:
+                session.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.id.in_(ids))
+                    .values(claimed_by=me, claimed_until=until)
+                )
+            # What this gateway already holds (in flight, waiting for a retry) stays its own.
+            session.execute(
+                update(OutboxRow)
+                .where(*pending, OutboxRow.claimed_by == me)
+                .values(claimed_until=until)
+            )
+            return True
 
     # JSON texts already decoded by _plain_rows: a few distinct values (flags, reasons) repeat
     # over thousands of results. Bounded; shared by the reader threads (a race only decodes
