@@ -47,6 +47,10 @@ async def _drive(
         rng = random.Random(index)
         sim = AnalyserSimulator("127.0.0.1", port)
         await sim.connect()
+        if pace:
+            # Analysers on a bench are not in step: spread their first message over one
+            # period, as a steady rate would (in step, each period starts with a burst).
+            await asyncio.sleep(rng.uniform(0, pace))
         try:
             for number in range(messages):
                 specimen = f"{tag}{index:02d}{number:06d}"

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drivers.models import Order, Patient, PreviousResult, Result, SpecimenReport
 from middleware.store import migrate
+from middleware.store.accounts import AccountStore, ReviewStore
 from middleware.store.alarms import AlarmStore
 from middleware.store.archive import ArchiveStore
 from middleware.store.governance import GovernanceStore
@@ -138,7 +139,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore):
+class Store(
+    GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore, AccountStore, ReviewStore
+):
     """All database access of the daemon. Create with `Store.open(url)`; close with `close()`."""
 
     def __init__(self, engine: Engine) -> None:
@@ -230,8 +233,10 @@ class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore
 
     @staticmethod
     def _add_message(session: Session, incoming: IncomingMessage) -> int | None:
-        session.add(
-            MessageRow(
+        # Core inserts (results in one executemany) rather than ORM objects: this runs for
+        # every message of every analyser, on the store's one writer thread.
+        session.execute(
+            insert(MessageRow).values(
                 message_id=incoming.message_id,
                 connection=incoming.connection,
                 protocol=incoming.protocol,
@@ -243,42 +248,52 @@ class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore
             )
         )
         decisions = iter(incoming.decisions)
+        results: list[dict[str, Any]] = []
         for report in incoming.reports:
-            specimen = SpecimenRow(
-                message_id=incoming.message_id,
-                instrument=incoming.connection,
-                specimen_id=report.specimen_id,
-                **_patient_columns(report.patient),
-                collected_at=report.collected_at,
-                is_qc=report.is_qc,
-                origin=incoming.origin,
-                location=incoming.location,
-            )
-            session.add(specimen)
-            session.flush()
+            specimen_row_id = session.execute(
+                insert(SpecimenRow)
+                .values(
+                    message_id=incoming.message_id,
+                    instrument=incoming.connection,
+                    specimen_id=report.specimen_id,
+                    **_patient_columns(report.patient),
+                    collected_at=report.collected_at,
+                    is_qc=report.is_qc,
+                    origin=incoming.origin,
+                    location=incoming.location,
+                )
+                .returning(SpecimenRow.id)
+            ).scalar_one()
             for result in report.results:
                 decision, reasons = next(decisions)
-                row = _result_row(result, specimen.id, incoming.message_id, decision, reasons)
-                row.ruleset, row.biologist = incoming.ruleset, incoming.biologist
-                session.add(row)
-        outbox_id = None
-        if incoming.forward:
-            # A blocked device's results wait, quarantined, for a person to release them.
-            quarantined = any(decision == "quarantined" for decision, _ in incoming.decisions)
-            outbox = OutboxRow(
-                message_id=incoming.message_id,
-                lis=incoming.lis,
-                instrument=incoming.connection,
-                control_id=new_control_id(),
-                state="quarantined" if quarantined else "pending",
-                created_at=incoming.received_at,
-                next_attempt_at=incoming.received_at,
-                attempts=0,
-            )
-            session.add(outbox)
-            session.flush()
-            outbox_id = outbox.id
-        return outbox_id
+                values = _result_values(
+                    result, specimen_row_id, incoming.message_id, decision, reasons
+                )
+                values.update(ruleset=incoming.ruleset, biologist=incoming.biologist)
+                results.append(values)
+        if results:
+            session.execute(insert(ResultRow), results)
+        if not incoming.forward:
+            return None
+        # A blocked device's results wait, quarantined, for a person to release them.
+        quarantined = any(decision == "quarantined" for decision, _ in incoming.decisions)
+        return int(
+            session.execute(
+                insert(OutboxRow)
+                .values(
+                    message_id=incoming.message_id,
+                    lis=incoming.lis,
+                    instrument=incoming.connection,
+                    control_id=new_control_id(),
+                    state="quarantined" if quarantined else "pending",
+                    created_at=incoming.received_at,
+                    next_attempt_at=incoming.received_at,
+                    attempts=0,
+                    kind="results",
+                )
+                .returning(OutboxRow.id)
+            ).scalar_one()
+        )
 
     def previous_results(
         self, patient_id: str, codes: Sequence[str], before: datetime, specimen_id: str
@@ -357,12 +372,16 @@ class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore
                     ResultRow.status,
                     ResultRow.measured_at,
                 )
-                .join(MessageRow, MessageRow.message_id == ResultRow.message_id)
+                # From the specimens table, whose specimen id is indexed: the results table
+                # grows the fastest and this runs for every message received.
+                .select_from(SpecimenRow)
+                .join(ResultRow, ResultRow.specimen_row_id == SpecimenRow.id)
+                .join(MessageRow, MessageRow.message_id == SpecimenRow.message_id)
                 .where(
-                    MessageRow.connection == connection,
+                    SpecimenRow.specimen_id.in_(sorted({r.specimen_id for r in results})),
+                    SpecimenRow.instrument == connection,
                     MessageRow.received_at >= since,
                     MessageRow.status == "stored",
-                    ResultRow.specimen_id.in_(sorted({r.specimen_id for r in results})),
                 )
                 .order_by(ResultRow.id)
             ).all()
@@ -968,10 +987,11 @@ class Store(GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore
             }
 
 
-def _result_row(
+def _result_values(
     result: Result, specimen_row_id: int, message_id: str, decision: str, reasons: tuple[str, ...]
-) -> ResultRow:
-    return ResultRow(
+) -> dict[str, Any]:
+    """A result as the columns of its `results` row."""
+    return dict(
         specimen_row_id=specimen_row_id,
         message_id=message_id,
         instrument=result.instrument,
@@ -1001,6 +1021,8 @@ def _result_row(
         previous_value=result.previous.value if result.previous else None,
         previous_unit=result.previous.unit if result.previous else None,
         previous_at=result.previous.at if result.previous else None,
+        ruleset="",
+        biologist="",
     )
 
 
