@@ -1,99 +1,90 @@
-"""The HTTP API: health for `labgate status` and supervisors, Prometheus metrics.
+"""The daemon's HTTP side: the JSON API and the web console, in one FastAPI app served by the
+gateway (uvicorn, in the daemon's event loop).
 
-It listens on loopback by default (config `api.host`); the console issue adds authentication
-before anything that shows patient data or changes state is exposed (GBUI II-3).
+Open without a session: `/api/health` and `/metrics` (supervisors, `labgate status`: no
+patient data), `/login` and `/static/`. Everything else needs a console session with a role
+that may (see `security.py`); the API listens on loopback unless the lab decides otherwise
+(config `api.host`), and should then be put behind TLS (GBUI II-3).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from middleware.web.schemas import OrderIn
+from middleware.web.api import api_router
+from middleware.web.pages import page_router, templates
+from middleware.web.security import NotSignedIn
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from middleware.gateway import Gateway
 
 __all__ = ["create_app"]
 
+# Pages may load only what the daemon serves: no inline script, no other origin, no framing.
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
 
 def create_app(gateway: Gateway) -> FastAPI:
-    """The API of one running gateway."""
+    """The API and console of one running gateway."""
     app = FastAPI(
         title="labgate",
         version=gateway.version,
         docs_url="/api/docs",
         openapi_url="/api/openapi.json",
     )
+    app.mount(
+        "/static",
+        StaticFiles(directory=str(Path(__file__).with_name("static"))),
+        name="static",
+    )
+    app.include_router(api_router(gateway))
+    app.include_router(page_router(gateway))
 
-    @app.get("/api/health")
-    async def health() -> dict[str, Any]:
-        depth = await gateway.store.read(gateway.store.outbox_depth)
-        return {
-            "status": gateway.state,
-            "gateway": gateway.settings.gateway,
-            "version": gateway.version,
-            "started_at": gateway.started_at.isoformat(),
-            "outbox_depth": depth,
-            "connections": [c.as_dict() for c in gateway.health.connections.values()],
-        }
+    @app.exception_handler(NotSignedIn)
+    async def not_signed_in(request: Request, _: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": "sign in first"}, status_code=401)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?why=expired&next={quote(target)}", status_code=303)
 
-    @app.post("/api/orders", status_code=201)
-    async def create_order(order: OrderIn) -> dict[str, Any]:
-        """Keep an order for a specimen: answered to the analyser's query, or downloaded to
-        `instrument` at once when it is given (until the LIS sends orders over HL7)."""
-        if order.instrument and order.instrument not in gateway.sessions:
-            raise HTTPException(status_code=422, detail=f"no instrument named {order.instrument!r}")
-        order_id = await gateway.store.run(
-            gateway.store.add_order, order.to_model(), order.instrument
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if request.url.path.startswith("/api/") or request.method != "GET":
+            return JSONResponse(
+                {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+            )
+        return templates.TemplateResponse(
+            request,
+            "error.html",
+            {"status": exc.status_code, "detail": exc.detail, "who": None, "path": ""},
+            status_code=exc.status_code,
         )
-        if order.instrument:
-            gateway.sessions[order.instrument].orders_waiting()
-        return {"id": order_id, "specimen_id": order.specimen_id, "state": "pending"}
 
-    @app.get("/api/orders")
-    async def list_orders(specimen_id: str | None = None) -> list[dict[str, Any]]:
-        return await gateway.store.read(gateway.store.list_orders, specimen_id)
-
-    @app.get("/api/validation")
-    async def validation() -> dict[str, Any]:
-        """What decides right now: the active rule-set version, the switches, the blocked
-        devices, the QC plan in force, and the latest change records (GBUI XI-2)."""
-        store = gateway.store
-        state = await store.read(store.governance_state)
-        records = await store.read(store.change_records, 10)
-        active = state.active
-        qc = gateway.validation.qc
-        return {
-            "ruleset": None
-            if active is None
-            else {
-                "version_id": active.version_id,
-                "name": active.name,
-                "version": active.version,
-                "biologist": active.biologist,
-                "activated_by": active.created_by,
-                "sha256": active.sha256,
-            },
-            "autovalidation": state.autovalidation,
-            "disabled_biologists": sorted(state.disabled_biologists),
-            "blocked_devices": sorted(state.blocked_devices),
-            "qc_gate": qc is not None,
-            "change_records": records,
-        }
-
-    @app.get("/api/alarms")
-    async def alarms(open_only: bool = True, limit: int = 100) -> list[dict[str, Any]]:
-        """Alarm episodes, newest first (open ones by default). Acknowledging is a person's
-        act: `labgate alarms ack` (the console adds it with login)."""
-        return await gateway.store.read(gateway.store.alarms, open_only, limit)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        depth = await gateway.store.read(gateway.store.outbox_depth, gateway.settings.lis.name)
-        gateway.health.outbox_depth.labels(gateway.settings.lis.name).set(depth)
-        return Response(generate_latest(gateway.health.registry), media_type=CONTENT_TYPE_LATEST)
+    @app.middleware("http")
+    async def headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in _HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     return app

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import httpx
 from e2e.test_validation_governance import (
     chem_instrument,
     glucose_message,
@@ -19,6 +18,7 @@ from e2e.test_validation_governance import (
     send_messages,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from web.console_support import signed_in
 
 from middleware.cli import main as labgate
 from middleware.config import load_settings_text
@@ -122,7 +122,7 @@ async def test_link_lost_qc_and_block_alarms_raise_once_and_clear(tmp_path: Path
             who = ["--config", str(config), "--author", "Dr Durand"]
             assert labgate(["device", "block", "chem-1", *who, "--reason", "QC"]) == 0
             await _until(lambda: raised("device_blocked"))
-            async with httpx.AsyncClient() as client:
+            async with signed_in(gateway) as client:
                 open_now = (await client.get(f"{api}/api/alarms")).json()
                 metrics = (await client.get(f"{api}/metrics")).text
             kinds = {a["kind"] for a in open_now}
@@ -147,7 +147,7 @@ async def test_link_lost_qc_and_block_alarms_raise_once_and_clear(tmp_path: Path
             assert (
                 labgate(["alarms", "ack", str(lost["id"]), *who, "--comment", "LIS restarted"]) == 0
             )
-            async with httpx.AsyncClient() as client:
+            async with signed_in(gateway) as client:
                 everything = (await client.get(f"{api}/api/alarms?open_only=false")).json()
     finally:
         await lis.close()

@@ -8,9 +8,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from e2e.test_astm_transports import Daemon, daemon
+from web.console_support import signed_in
 
 from protocols import astm
 from simulators.analyser import AnalyserSimulator, SimulatedResult, build_result_message
@@ -76,15 +76,23 @@ async def test_every_result_is_delivered_exactly_once_despite(
     faults = FAULTS[fault]()
     specimens = [f"{fault[:4].upper()}-{transport[:3]}-{n}" for n in range(3)]
     async with connected(tmp_path, transport, faults) as (running, analyser):
+        to_send = specimens
         if fault == "contention":
-            # The host must want the line too: an order download starts as results are sent.
-            async with httpx.AsyncClient() as client:
+            # The host must want the line too: an order download starts as results are sent
+            # (the analyser holds its first message until the host's ENQ comes).
+            async with signed_in(running.gateway) as client:
+                first = asyncio.create_task(
+                    analyser.send(build_result_message(specimens[0], "P1", RESULTS))
+                )
+                await asyncio.sleep(0.1)
                 response = await client.post(
                     f"{running.api}/api/orders",
                     json={"specimen_id": "ORD-1", "tests": ["NA"], "instrument": "chem-1"},
                 )
                 assert response.status_code == 201
-        for specimen in specimens:
+                assert await first is True
+            to_send = specimens[1:]
+        for specimen in to_send:
             assert await analyser.send(build_result_message(specimen, "P1", RESULTS)) is True
         await running.lis.wait_for(len(specimens), timeout=30)
         await asyncio.sleep(0.5)  # time for a duplicate to show up if one were to

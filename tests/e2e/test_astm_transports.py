@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import sqlalchemy as sa
+from web.console_support import signed_in
 
 from middleware.config import load_settings_text
 from middleware.gateway import Gateway
@@ -160,7 +160,7 @@ async def test_analyser_query_is_answered_with_its_orders_or_with_no_information
     tmp_path: Path,
 ) -> None:
     async with daemon(tmp_path, tcp_server_instrument()) as running:
-        async with httpx.AsyncClient() as client:
+        async with signed_in(running.gateway) as client:
             created = await client.post(
                 f"{running.api}/api/orders",
                 json={
@@ -195,7 +195,7 @@ async def test_orders_for_a_connected_analyser_are_downloaded_at_once(tmp_path: 
         analyser = AnalyserSimulator("127.0.0.1", running.gateway.addresses["chem-1"][1])
         await analyser.connect()
         try:
-            async with httpx.AsyncClient() as client:
+            async with signed_in(running.gateway) as client:
                 for specimen in ("DL-1", "DL-2"):
                     response = await client.post(
                         f"{running.api}/api/orders",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import trustme
+from web.console_support import signed_in
 
 from middleware.config import load_settings_text
 from middleware.gateway import Gateway
@@ -247,11 +248,10 @@ async def _orders_received(analyser: AnalyserSimulator, count: int) -> list[astm
 
 
 async def test_hl7_analyser_query_is_answered_from_held_orders(tmp_path: Path) -> None:
-    import httpx
 
     async with running(tmp_path, HL7_ANALYSER) as (gateway, _lis, db):
         api = "http://{}:{}".format(*gateway.addresses["api"])
-        async with httpx.AsyncClient() as client:
+        async with signed_in(gateway) as client:
             response = await client.post(
                 f"{api}/api/orders",
                 json={"specimen_id": "WOS-1", "tests": ["HGB", "WBC"], "priority": "S"},
