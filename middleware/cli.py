@@ -401,11 +401,12 @@ def _parser() -> argparse.ArgumentParser:
     rules_test = rules_commands.add_parser("test", help="run a rule set's embedded test cases")
     rules_test.add_argument("file")
     rules_test.set_defaults(handler=_rules_test)
-    from middleware import archive_cli, governance_cli, ops_cli
+    from middleware import archive_cli, governance_cli, ops_cli, users_cli
 
     governance_cli.add_commands(commands, rules_commands)
     archive_cli.add_commands(commands)
     ops_cli.add_commands(commands)
+    users_cli.add_commands(commands)
 
     replay = commands.add_parser(
         "replay", help="decide past results with a rule set, without touching the store"

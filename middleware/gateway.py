@@ -38,6 +38,7 @@ from middleware.config.settings import (
 from middleware.health import ConnectionHealth, Health
 from middleware.io.links import describe, keep_open, serve_tcp
 from middleware.io.tls import client_context, server_context
+from middleware.lis.hprim_sender import HprimSender
 from middleware.lis.orders import LisOrderReceiver
 from middleware.lis.queries import LisQueryClient
 from middleware.lis.sender import LisSender
@@ -270,7 +271,9 @@ class Gateway:
                     f"{lis.host}:{lis.port}",
                 )
             )
-            sender = LisSender(lis, self.store, self.health)
+            sender = (HprimSender if lis.kind == "hprim" else LisSender)(
+                lis, self.store, self.health
+            )
             ask_lis = LisQueryClient(lis, self.store).ask if lis.query_forwarding else None
             self.validation = await self._validation(sender.wake)
             tasks.append(
@@ -279,7 +282,7 @@ class Gateway:
                 )
             )
             self.alarms = AlarmCenter(
-                settings.alarms, self.store, self.health, self.validation, settings.gateway
+                settings.alarms, self.store, self.health, self.validation, settings.gateway, sender
             )
             tasks.append(asyncio.create_task(_supervise("alarms", self.alarms.run), name="alarms"))
             services = SessionServices(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ class AlarmCenter:
         health: Health,
         validation: LiveValidation | None,
         gateway: str,
+        sender: object | None = None,
     ) -> None:
         self.settings = settings
         self.limits = thresholds_from(settings)
@@ -59,6 +61,8 @@ class AlarmCenter:
         self.health = health
         self.validation = validation
         self.gateway = gateway
+        # The LIS sender: an HPRIM spool link lists the files its LIS has not taken in time.
+        self.sender = sender
         self.started_at = datetime.now(UTC)
         self._down_since: dict[str, datetime | None] = {}
         self._errors: dict[str, deque[tuple[datetime, int]]] = {}
@@ -155,8 +159,11 @@ class AlarmCenter:
                         rejected.add((instrument, test))
                     if "qc_overdue" in reasons:
                         overdue.add((instrument, test))
+        unconsumed: Mapping[str, datetime] = getattr(self.sender, "unconsumed", {})
+        lis_name = getattr(getattr(self.sender, "settings", None), "name", "lis")
         return Snapshot(
             now=now,
+            unconsumed={lis_name: min(unconsumed.values())} if unconsumed else {},
             links=links,
             outbox=outbox,
             oldest_pending=oldest,

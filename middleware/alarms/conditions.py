@@ -13,6 +13,8 @@ Kinds and when they hold (thresholds from the `alarms` settings):
   longer than `backlog_age_minutes`.
 - `lis_rejected` — the LIS refused messages (AE/AR) that wait for a person.
 - `quarantined` — results of a blocked device wait for a person to release them.
+- `lis_unconsumed` — an HPRIM LIS has not taken a file from the spool within the link's
+  `unconsumed_alarm_minutes` (the sender lists such files).
 - `device_blocked` — a device is blocked.
 - `qc_failed` — the newest QC run of an instrument and test is rejected.
 - `qc_overdue` — the last accepted QC run of an instrument and test is older than its interval.
@@ -61,6 +63,7 @@ class Snapshot:
     blocked_devices: frozenset[str] = frozenset()
     qc_rejected: frozenset[tuple[str, str]] = frozenset()  # (instrument, test)
     qc_overdue: frozenset[tuple[str, str]] = frozenset()
+    unconsumed: Mapping[str, datetime] = field(default_factory=dict)  # per LIS: oldest file
 
 
 def conditions(snapshot: Snapshot, limits: AlarmThresholds) -> dict[AlarmKey, str]:
@@ -96,6 +99,8 @@ def conditions(snapshot: Snapshot, limits: AlarmThresholds) -> dict[AlarmKey, st
         quarantined = snapshot.outbox.get((lis, "quarantined"), 0)
         if quarantined:
             found[("quarantined", lis)] = f"{quarantined} message(s) of blocked devices"
+    for lis, written in sorted(snapshot.unconsumed.items()):
+        found[("lis_unconsumed", lis)] = f"a file waits in the spool since {written.isoformat()}"
     for device in sorted(snapshot.blocked_devices):
         found[("device_blocked", device)] = "blocked by the lab"
     for instrument, test in sorted(snapshot.qc_rejected):

@@ -21,9 +21,11 @@ __all__ = [
     "ApiSettings",
     "AstmInstrumentSettings",
     "BackupSettings",
+    "ConsoleSettings",
     "DemoSettings",
     "Hl7InstrumentSettings",
     "Hl7OrdersSettings",
+    "HprimLinkSettings",
     "InstrumentSettings",
     "LisOrdersSettings",
     "LisSettings",
@@ -349,11 +351,86 @@ class LisOrdersSettings(_Model):
     download_to: tuple[str, ...] = ()
 
 
+class HprimLinkSettings(_Model):
+    """How results reach a LIS that reads HPRIM Santé (`lis.kind: hprim`).
+
+    `transport: spool`: each message is a file written to `directory` under a temporary name
+    (`temporary_suffix`), synced, then renamed to `NAME.HPR` (and, with `ok_file`, an empty
+    `NAME.OK` written the same way after it). The LIS has taken a file when it is `deleted`,
+    `moved` (to `moved_to`) or `answered` (a file `NAME` + `answer_suffix` appears), checked
+    every `poll_seconds`; one still there after `unconsumed_alarm_minutes` is an alarm.
+    `window` (of the LIS section) is how many files may wait in the directory at once.
+
+    `transport: tcp`: labgate connects to `host:port` and sends the message bare (`framing:
+    none`; with `raw_ack: byte` the LIS answers ACK 0x06 or NAK 0x15, with `none` a message
+    written is taken as delivered) or in ASTM E1381 frames (`framing: e1381`: the ACK of the
+    last frame is the acknowledgement), within `ack_timeout` seconds.
+    """
+
+    transport: Literal["spool", "tcp"]
+    # spool
+    directory: str = ""
+    temporary_suffix: str = ".tmp"
+    data_suffix: str = ".HPR"
+    ok_file: bool = False
+    ok_suffix: str = ".OK"
+    consumption: Literal["deleted", "moved", "answered"] = "deleted"
+    moved_to: str = ""
+    answer_suffix: str = ".ACK"
+    poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    unconsumed_alarm_minutes: Annotated[float, Field(gt=0)] = 15.0
+    # tcp
+    host: str = "127.0.0.1"
+    port: Port | None = None
+    framing: Literal["none", "e1381"] = "none"
+    raw_ack: Literal["byte", "none"] = "byte"
+    ack_timeout: PositiveFloat = 30.0
+    connect_timeout: PositiveFloat = 10.0
+    # the message (H record; the sender and receiver ids come from the LIS section)
+    version: Literal["H2.2", "H2.4"] = "H2.2"
+    encoding: str = "latin-1"
+
+    _encoding = field_validator("encoding")(_check_encoding)
+
+    @field_validator("temporary_suffix", "data_suffix", "ok_suffix", "answer_suffix")
+    @classmethod
+    def _suffix(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value:
+            raise ValueError("must be a non-empty file-name ending without a path separator")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> HprimLinkSettings:
+        if self.transport == "spool":
+            if not self.directory.strip():
+                raise ValueError("transport spool needs a directory")
+            suffixes = {self.temporary_suffix, self.data_suffix}
+            suffixes |= {self.ok_suffix} if self.ok_file else set()
+            suffixes |= {self.answer_suffix} if self.consumption == "answered" else set()
+            expected = 2 + self.ok_file + (self.consumption == "answered")
+            if len({suffix.lower() for suffix in suffixes}) != expected:
+                raise ValueError("the temporary, data, .OK and answer suffixes must differ")
+            if self.consumption == "moved" and not self.moved_to.strip():
+                raise ValueError("consumption moved needs moved_to, the folder the LIS moves to")
+        elif self.port is None or not self.host.strip():
+            raise ValueError("transport tcp needs the LIS's host and port")
+        return self
+
+
 class LisSettings(_Model):
-    """The laboratory information system: results go to it over MLLP (HL7 v2.5.1)."""
+    """The laboratory information system: results go to it over MLLP (HL7 v2.5.1), or as
+    HPRIM Santé files or TCP messages with `kind: hprim` (see `HprimLinkSettings`)."""
 
     name: str = "lis"
+    # hl7: ORU^R01/OUL^R22 over MLLP to host:port. hprim: the `hprim` section says how.
+    kind: Literal["hl7", "hprim"] = "hl7"
+    hprim: HprimLinkSettings | None = None
+    # The LIS's own test codes (GBUI XIV), for both kinds: `CODE` (the driver's labgate code,
+    # else the analyser's) or `INSTRUMENT:CODE` (one analyser's code) -> the LIS's code.
+    transcoding: dict[str, str] = {}
     host: str = "127.0.0.1"
+    # The MLLP port, required for kind hl7; an HPRIM link has its own address in its section
+    # (or none: a spool directory), and the port then defaults to 0, unused.
     port: Port
     # ORU^R01 (the common default) or OUL^R22 (IHE LAW LAB-29), as the LIS expects.
     message_type: Literal["ORU^R01", "OUL^R22"] = "ORU^R01"
@@ -383,6 +460,29 @@ class LisSettings(_Model):
     receiving_facility: str = "LAB"
 
     _name = field_validator("name")(_check_name)
+
+    @field_validator("transcoding")
+    @classmethod
+    def _codes(cls, value: dict[str, str]) -> dict[str, str]:
+        for code, lis_code in value.items():
+            if not code.strip() or not lis_code.strip():
+                raise ValueError(f"empty code in {code!r}: {lis_code!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_complete(self) -> LisSettings:
+        if self.kind == "hprim" and self.hprim is None:
+            raise ValueError("kind hprim needs the hprim section (transport spool or tcp)")
+        if self.kind == "hl7" and self.hprim is not None:
+            raise ValueError("the hprim section is for kind hprim")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_port_for_hprim(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("kind") == "hprim" and "port" not in data:
+            return {**data, "port": 0}
+        return data
 
 
 class StoreSettings(_Model):
@@ -515,6 +615,18 @@ class BackupSettings(_Model):
         return value
 
 
+class ConsoleSettings(_Model):
+    """The web console's access control (GBUI II-3): sessions end after `idle_minutes` without
+    a request, and `max_failed_logins` failed attempts in a row lock an account until an admin
+    unlocks it. Cookies are marked Secure on HTTPS requests, or always with `secure_cookies`
+    (a TLS-terminating proxy in front of the daemon)."""
+
+    idle_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 15.0
+    max_failed_logins: Annotated[int, Field(ge=1, le=10)] = 3
+    secure_cookies: bool = False
+    refresh_seconds: Annotated[float, Field(ge=1, le=300)] = 5.0
+
+
 class DemoSettings(_Model):
     """Simulators the daemon starts in the same process, so `make run` needs nothing else."""
 
@@ -534,6 +646,7 @@ class Settings(_Model):
     alarms: AlarmSettings = AlarmSettings()
     backup: BackupSettings | None = None
     demo: DemoSettings | None = None
+    console: ConsoleSettings = ConsoleSettings()
 
     def instrument(self, name: str) -> InstrumentSettings:
         for instrument in self.instruments:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from drivers.models import Result, SpecimenReport
 from middleware.config.settings import LisSettings
+from middleware.lis.transcoding import lis_test_code
 from protocols.hl7 import MessageHeader, ObservationOut, OrderOut, PatientOut, build_oru_r01
 from protocols.hl7.outbound import build_oul_r22
 
@@ -49,7 +50,7 @@ def build_results_message(
         if report.is_qc or not report.results:
             continue
         observations = tuple(
-            _observation(index, result, decision, reasons, report.extras)
+            _observation(index, result, decision, reasons, report.extras, lis.transcoding)
             for index, (result, (decision, reasons)) in enumerate(
                 zip(report.results, report_decisions, strict=True), 1
             )
@@ -94,7 +95,12 @@ def decision_note(decision: str, reasons: tuple[str, ...], decided_by: Mapping[s
         biologist = decided_by.get("biologist") or "?"
         ruleset = decided_by.get("ruleset") or "?"
         return f"validé électroniquement — biologiste responsable {biologist} — règles {ruleset}"
-    return f"labgate: {decision}" + (f" ({', '.join(reasons)})" if reasons else "")
+    listed = f" ({', '.join(reasons)})" if reasons else ""
+    if decision == "validated":  # signed by a biologist in the console (GBUI V-3)
+        return f"validé par le biologiste {decided_by.get('biologist') or '?'}{listed}"
+    if decision == "rejected":
+        return f"rejeté par le biologiste {decided_by.get('biologist') or '?'}{listed}"
+    return f"labgate: {decision}{listed}"
 
 
 def _observation(
@@ -103,6 +109,7 @@ def _observation(
     decision: str,
     reasons: tuple[str, ...],
     decided_by: Mapping[str, str],
+    transcoding: Mapping[str, str],
 ) -> ObservationOut:
     notes = [*result.comments, decision_note(decision, reasons, decided_by)]
     if result.previous is not None:
@@ -118,10 +125,12 @@ def _observation(
     # A correction ("annule et remplace", GBUI VI): labgate changed the decision after the
     # result left, e.g. a late QC rejection; the LIS replaces what it had.
     status = "C" if decided_by.get("correction") else _OBX_STATUS.get(result.status, "F")
+    if decision == "rejected":
+        status = "X"  # OBX-11 X: no result can be given (the biologist refused it)
     return ObservationOut(
         set_id=index,
         # The LIS's own code after the driver's transcoding table (GBUI XIV), if it has one.
-        code=result.lis_code or result.test_code,
+        code=lis_test_code(result, transcoding),
         text=result.test_name or result.test_code,
         coding_system="L",
         value=result.value,

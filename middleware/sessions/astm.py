@@ -166,6 +166,13 @@ class _Conversation:
         finally:
             if read is not None:
                 read.cancel()
+            if isinstance(self.link, astm.Link):
+                # Stopping (or this analyser was removed): a download in progress ends with
+                # EOT rather than in silence; the orders not sent stay pending in the store.
+                self.link.close(self.loop.time())
+                out = self.link.data_to_send()
+                if out and not self.writer.is_closing():
+                    self.writer.write(out)
 
     async def _flush(self) -> None:
         out = self.link.data_to_send()

@@ -139,6 +139,47 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# The inserts of every received message, built once (see `Store._add_message`).
+_INSERT_MESSAGE = insert(MessageRow)
+_INSERT_SPECIMEN = insert(SpecimenRow).returning(SpecimenRow.id)
+_INSERT_RESULT = insert(ResultRow)
+_INSERT_OUTBOX = insert(OutboxRow).returning(OutboxRow.id)
+# The duplicate look-ups run for every received message too (see `Store.find_duplicate`).
+_SAME_BYTES = (
+    select(MessageRow.message_id)
+    .where(
+        MessageRow.connection == bindparam("connection"),
+        MessageRow.content_hash == bindparam("hash"),
+        MessageRow.received_at >= bindparam("since"),
+        MessageRow.status == "stored",
+    )
+    .limit(1)
+)
+_SAME_RESULTS = (
+    select(
+        ResultRow.message_id,
+        ResultRow.specimen_id,
+        ResultRow.test_code,
+        ResultRow.value,
+        ResultRow.units,
+        ResultRow.status,
+        ResultRow.measured_at,
+    )
+    # From the specimens table, whose specimen id is indexed: the results table grows the
+    # fastest.
+    .select_from(SpecimenRow)
+    .join(ResultRow, ResultRow.specimen_row_id == SpecimenRow.id)
+    .join(MessageRow, MessageRow.message_id == SpecimenRow.message_id)
+    .where(
+        SpecimenRow.specimen_id.in_(bindparam("specimens", expanding=True)),
+        SpecimenRow.instrument == bindparam("connection"),
+        MessageRow.received_at >= bindparam("since"),
+        MessageRow.status == "stored",
+    )
+    .order_by(ResultRow.id)
+)
+
+
 class Store(
     GovernanceStore, QcStore, ArchiveStore, OutboxAdminStore, AlarmStore, AccountStore, ReviewStore
 ):
@@ -233,36 +274,38 @@ class Store(
 
     @staticmethod
     def _add_message(session: Session, incoming: IncomingMessage) -> int | None:
-        # Core inserts (results in one executemany) rather than ORM objects: this runs for
-        # every message of every analyser, on the store's one writer thread.
-        session.execute(
-            insert(MessageRow).values(
-                message_id=incoming.message_id,
-                connection=incoming.connection,
-                protocol=incoming.protocol,
-                received_at=incoming.received_at,
-                raw=incoming.raw,
-                status="stored",
-                error=None,
-                content_hash=incoming.content_hash,
-            )
+        # Fixed Core statements with parameters (results in one executemany): this runs for
+        # every message of every analyser on the store's one writer thread, and statements
+        # built per call cost more in compiling than the inserts themselves (profiled).
+        connection = session.connection()
+        connection.execute(
+            _INSERT_MESSAGE,
+            {
+                "message_id": incoming.message_id,
+                "connection": incoming.connection,
+                "protocol": incoming.protocol,
+                "received_at": incoming.received_at,
+                "raw": incoming.raw,
+                "status": "stored",
+                "error": None,
+                "content_hash": incoming.content_hash,
+            },
         )
         decisions = iter(incoming.decisions)
         results: list[dict[str, Any]] = []
         for report in incoming.reports:
-            specimen_row_id = session.execute(
-                insert(SpecimenRow)
-                .values(
-                    message_id=incoming.message_id,
-                    instrument=incoming.connection,
-                    specimen_id=report.specimen_id,
+            specimen_row_id = connection.execute(
+                _INSERT_SPECIMEN,
+                {
+                    "message_id": incoming.message_id,
+                    "instrument": incoming.connection,
+                    "specimen_id": report.specimen_id,
                     **_patient_columns(report.patient),
-                    collected_at=report.collected_at,
-                    is_qc=report.is_qc,
-                    origin=incoming.origin,
-                    location=incoming.location,
-                )
-                .returning(SpecimenRow.id)
+                    "collected_at": report.collected_at,
+                    "is_qc": report.is_qc,
+                    "origin": incoming.origin,
+                    "location": incoming.location,
+                },
             ).scalar_one()
             for result in report.results:
                 decision, reasons = next(decisions)
@@ -272,26 +315,30 @@ class Store(
                 values.update(ruleset=incoming.ruleset, biologist=incoming.biologist)
                 results.append(values)
         if results:
-            session.execute(insert(ResultRow), results)
+            connection.execute(_INSERT_RESULT, results)
         if not incoming.forward:
             return None
         # A blocked device's results wait, quarantined, for a person to release them.
         quarantined = any(decision == "quarantined" for decision, _ in incoming.decisions)
         return int(
-            session.execute(
-                insert(OutboxRow)
-                .values(
-                    message_id=incoming.message_id,
-                    lis=incoming.lis,
-                    instrument=incoming.connection,
-                    control_id=new_control_id(),
-                    state="quarantined" if quarantined else "pending",
-                    created_at=incoming.received_at,
-                    next_attempt_at=incoming.received_at,
-                    attempts=0,
-                    kind="results",
-                )
-                .returning(OutboxRow.id)
+            connection.execute(
+                _INSERT_OUTBOX,
+                {
+                    "message_id": incoming.message_id,
+                    "lis": incoming.lis,
+                    "instrument": incoming.connection,
+                    "control_id": new_control_id(),
+                    "state": "quarantined" if quarantined else "pending",
+                    "created_at": incoming.received_at,
+                    "next_attempt_at": incoming.received_at,
+                    "attempts": 0,
+                    "kind": "results",
+                    "payload": None,
+                    "last_error": None,
+                    "delivered_at": None,
+                    "claimed_by": None,
+                    "claimed_until": None,
+                },
             ).scalar_one()
         )
 
@@ -345,45 +392,24 @@ class Store(
         connection. A result without a measurement time cannot be told from a rerun, so such
         messages are only recognised by their bytes."""
         with self._sessions() as session:
-            same_bytes = session.scalar(
-                select(MessageRow.message_id)
-                .where(
-                    MessageRow.connection == connection,
-                    MessageRow.content_hash == content_hash,
-                    MessageRow.received_at >= since,
-                    MessageRow.status == "stored",
-                )
-                .limit(1)
-            )
+            link = session.connection()
+            same_bytes = link.execute(
+                _SAME_BYTES, {"connection": connection, "hash": content_hash, "since": since}
+            ).scalar()
             if same_bytes is not None:
-                return same_bytes
+                return str(same_bytes)
             results = [r for report in reports for r in report.results]
             if not results or any(r.measured_at is None for r in results):
                 return None
             wanted = {_result_key(r.specimen_id, r.test_code, r.value, r.units, r.status,
                                   r.measured_at) for r in results}  # fmt: skip
-            rows = session.execute(
-                select(
-                    ResultRow.message_id,
-                    ResultRow.specimen_id,
-                    ResultRow.test_code,
-                    ResultRow.value,
-                    ResultRow.units,
-                    ResultRow.status,
-                    ResultRow.measured_at,
-                )
-                # From the specimens table, whose specimen id is indexed: the results table
-                # grows the fastest and this runs for every message received.
-                .select_from(SpecimenRow)
-                .join(ResultRow, ResultRow.specimen_row_id == SpecimenRow.id)
-                .join(MessageRow, MessageRow.message_id == SpecimenRow.message_id)
-                .where(
-                    SpecimenRow.specimen_id.in_(sorted({r.specimen_id for r in results})),
-                    SpecimenRow.instrument == connection,
-                    MessageRow.received_at >= since,
-                    MessageRow.status == "stored",
-                )
-                .order_by(ResultRow.id)
+            rows = link.execute(
+                _SAME_RESULTS,
+                {
+                    "specimens": sorted({r.specimen_id for r in results}),
+                    "connection": connection,
+                    "since": since,
+                },
             ).all()
             found: dict[tuple[str, ...], str] = {}
             for message_id, specimen_id, code, value, units, status, measured_at in rows:

@@ -363,6 +363,16 @@ class Link(CoreOutput):
         self._establish_if_queued(now)
         self._process(now)
 
+    def close(self, now: float) -> None:
+        """The host is going away (labgate stops, or this analyser left its configuration).
+        A transfer we are sending ends properly with EOT (the termination phase, §6.4) and the
+        line is left neutral; messages still queued are dropped from the link — the caller
+        keeps them to send after a restart. A transfer we are receiving is the peer's to end:
+        nothing is sent, and its own timers tell it we are gone."""
+        if self._state in (LinkState.ESTABLISHING, LinkState.SENDING):
+            self._terminate(now, None)
+        self._queue.clear()
+
     def acknowledge(self, now: float) -> None:
         """Send the withheld ACK for the end frame delivered as `MessageReceived`.
 

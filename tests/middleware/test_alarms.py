@@ -135,3 +135,9 @@ def test_acknowledging_is_audited(store: Store) -> None:
     assert audit["action"] == "alarm_acknowledged" and audit["actor"] == "Mme Tech"
     with pytest.raises(KeyError):
         store.acknowledge_alarm(999, "Mme Tech", "?", NOW)
+
+
+def test_a_file_the_hprim_lis_did_not_take_is_an_alarm() -> None:
+    snapshot = Snapshot(NOW, unconsumed={"lis": NOW - timedelta(minutes=20)})
+    assert set(conditions(snapshot, LIMITS)) == {("lis_unconsumed", "lis")}
+    assert conditions(Snapshot(NOW), LIMITS) == {}

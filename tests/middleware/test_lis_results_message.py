@@ -31,3 +31,27 @@ def test_a_specimen_without_patient_id_goes_first_without_pid() -> None:
     assert segments.index("PID") > segments.index("OBR")  # the anonymous one has no PID
     assert segments.count("PID") == 1
     validate_message(message)
+
+
+def test_the_lis_transcoding_table_names_the_test_in_obx_3() -> None:
+    lis = LisSettings(port=2575, transcoding={"GLU": "GLUC-LIS", "chem-1:K": "K-LIS"})
+    reports = (_report("S-1", "PAT-1"),)
+    message = build_results_message(lis, "LGTEST", reports, (("held", ("no_rule",)),), NOW)
+    obx = next(s for s in message.decode().split("\r") if s.startswith("OBX"))
+    assert obx.split("|")[3].startswith("GLUC-LIS^")
+
+
+def test_signed_decisions_name_the_biologist_and_a_refusal_is_x() -> None:
+    reports = (_report("S-1", "PAT-1"), _report("S-2", "PAT-2"))
+    decisions = (("validated", ("critical_value",)), ("rejected", ("delta_exceeded",)))
+    extras = {"biologist": "dr.martin", "correction": "1"}
+    reports = tuple(
+        SpecimenReport(r.specimen_id, r.patient, r.results, extras=extras) for r in reports
+    )
+    message = build_results_message(LisSettings(port=2575), "LGTEST", reports, decisions, NOW)
+    lines = message.decode().split("\r")
+    obx = [s.split("|") for s in lines if s.startswith("OBX")]
+    notes = [s for s in lines if s.startswith("NTE")]
+    assert [o[11] for o in obx] == ["C", "X"]
+    assert any("validé par le biologiste dr.martin (critical_value)" in n for n in notes)
+    assert any("rejeté par le biologiste dr.martin (delta_exceeded)" in n for n in notes)

@@ -650,3 +650,31 @@ def test_custom_timers_are_used() -> None:
     assert link.get_timer() == 102.0
     link.receive_data(NAK, 100.5)
     assert link.get_timer() == 101.5
+
+
+def test_close_while_sending_ends_the_transfer_with_eot_and_drops_the_queue() -> None:
+    link = sending_instrument(MESSAGE, MESSAGE)
+    assert frames_in(link.data_to_send())  # the first frame is on the wire
+    link.close(1.0)
+    assert link.data_to_send() == EOT
+    assert state(link) is astm.LinkState.NEUTRAL
+    assert not link.busy  # the second message is the caller's to keep
+    link.receive_data(ACK, 2.0)  # a late reply changes nothing
+    assert link.data_to_send() == b""
+
+
+def test_close_while_establishing_sends_eot() -> None:
+    link = astm.Link(astm.Role.HOST)
+    link.send_message(MESSAGE, 0.0)
+    assert link.data_to_send() == ENQ
+    link.close(0.5)
+    assert link.data_to_send() == EOT
+    assert state(link) is astm.LinkState.NEUTRAL
+
+
+def test_close_while_receiving_sends_nothing() -> None:
+    host = receiving_host()
+    host.receive_data(frame(1, MESSAGE, final=False), 0.1)
+    assert host.data_to_send() == ACK
+    host.close(0.2)
+    assert host.data_to_send() == b""  # only the sender may end a transfer
