@@ -30,7 +30,7 @@ INSTRUMENT = (
 
 
 @contextlib.asynccontextmanager
-async def hprim_daemon(tmp_path: Path, hprim_yaml: str) -> AsyncIterator[Gateway]:
+async def hprim_daemon(tmp_path: Path, hprim_yaml: str, extra: str = "") -> AsyncIterator[Gateway]:
     """A daemon in this process whose LIS link is HPRIM (`hprim_yaml`: the `lis.hprim` keys)."""
     text = (
         f"gateway: LABGATE\nstore:\n  url: sqlite:///{tmp_path / 'labgate.db'}\n"
@@ -39,7 +39,7 @@ async def hprim_daemon(tmp_path: Path, hprim_yaml: str) -> AsyncIterator[Gateway
         "  transcoding:\n    GLU: GLY\n"
         f"  hprim:\n{hprim_yaml}"
         f"validation:\n  rules: {RULES}\n"
-        f"instruments:\n{INSTRUMENT}"
+        f"instruments:\n{INSTRUMENT}{extra}"
     )
     gateway = Gateway(load_settings_text(text))
     stop = asyncio.Event()
@@ -128,3 +128,22 @@ async def test_analyser_to_an_hprim_lis_over_tcp(tmp_path: Path, framing: str) -
         await lis.close()
     assert all(m.message is not None and m.message.records[-1].type == "L" for m in received)
     assert [m.observations()[0].field(6) for m in received] == ["5.4", "5.4"]
+
+
+async def test_a_file_the_lis_never_takes_raises_an_alarm(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()  # nobody reads it
+    hprim_yaml = (
+        f"    transport: spool\n    directory: {spool}\n    poll_seconds: 0.05\n"
+        "    unconsumed_alarm_minutes: 0.005\n"
+    )
+    alarms = "alarms:\n  check_seconds: 0.1\n"
+    async with hprim_daemon(tmp_path, hprim_yaml, alarms) as gateway:
+        await _send_two(gateway)
+        async with asyncio.timeout(10):
+            while not any(
+                a["kind"] == "lis_unconsumed"
+                for a in await gateway.store.read(gateway.store.alarms, True)
+            ):
+                await asyncio.sleep(0.05)
+        assert [path.suffix for path in spool.iterdir()] == [".HPR"]  # one at a time
