@@ -18,7 +18,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from middleware.cli_support import DEFAULT_CONFIG, open_store, required_text
+from middleware.cli_support import DEFAULT_CONFIG, list_rows, open_store, required_text
 from middleware.store.archive import TraceQuery
 from middleware.store.outbox_admin import OutboxActionRefused
 
@@ -95,20 +95,14 @@ def _trace(args: argparse.Namespace) -> int:
 
 
 def _outbox_list(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    if store is None:
-        return 2
-    try:
-        rows = store.outbox_list(args.state, args.limit)
-    finally:
-        store.close()
-    for row in rows:
-        print(
+    def line(row: dict[str, Any]) -> str:
+        return (
             f"{row['outbox_id']:>6}  {row['state']:<11} {row['kind']:<10} {row['control_id']}  "
             f"{row['instrument']} -> {row['lis']}  attempts {row['attempts']}"
             + (f"  {row['last_error']}" if row["last_error"] else "")
         )
-    return 0
+
+    return list_rows(args, lambda store: store.outbox_list(args.state, args.limit), line)
 
 
 def _outbox_action(args: argparse.Namespace) -> int:

@@ -21,14 +21,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from middleware.cli_support import DEFAULT_CONFIG, open_store, required_text
+from middleware.cli_support import DEFAULT_CONFIG, list_rows, open_store, required_text
 from middleware.config import ConfigError
 
 __all__ = ["add_commands"]
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
 def _activate(args: argparse.Namespace) -> int:
@@ -105,21 +101,12 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    if store is None:
-        return 2
-    try:
-        records = store.change_records(args.limit)
-    finally:
-        store.close()
-    if args.json:
-        _print_json(records)
-        return 0
-    for r in records:
+    def line(r: dict[str, Any]) -> str:
         verdict = "accepted" if r["accepted"] else "REFUSED"
-        line = f"{r['id']:>4}  {r['at']}  {r['action']:<9} {verdict:<8} by {r['author']}: "
-        print(line + r["change"] + (f"  [{r['anomaly']}]" if r["anomaly"] else ""))
-    return 0
+        head = f"{r['id']:>4}  {r['at']}  {r['action']:<9} {verdict:<8} by {r['author']}: "
+        return head + r["change"] + (f"  [{r['anomaly']}]" if r["anomaly"] else "")
+
+    return list_rows(args, lambda store: store.change_records(args.limit), line)
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -180,42 +167,24 @@ def _device(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    if store is None:
-        return 2
-    try:
-        rows = store.audit_trail(args.limit)
-    finally:
-        store.close()
-    if args.json:
-        _print_json(rows)
-        return 0
-    for row in rows:
+    def line(row: dict[str, Any]) -> str:
         detail = json.dumps(row["detail"], ensure_ascii=False, default=str)
-        print(f"{row['id']:>5}  {row['at']}  {row['actor']:<20} {row['action']:<20} "
-              f"{row['subject']}  {detail}")  # fmt: skip
-    return 0
+        return (f"{row['id']:>5}  {row['at']}  {row['actor']:<20} {row['action']:<20} "
+                f"{row['subject']}  {detail}")  # fmt: skip
+
+    return list_rows(args, lambda store: store.audit_trail(args.limit), line)
 
 
 def _alarms_list(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    if store is None:
-        return 2
-    try:
-        rows = store.alarms(open_only=args.open, limit=args.limit)
-    finally:
-        store.close()
-    if args.json:
-        _print_json(rows)
-        return 0
-    for row in rows:
+    def line(row: dict[str, Any]) -> str:
         state = "open" if row["cleared_at"] is None else f"cleared {row['cleared_at']}"
         seen = f"seen by {row['acknowledged_by']}" if row["acknowledged_by"] else "NOT SEEN"
-        print(
+        return (
             f"{row['id']:>5}  {row['kind']:<15} {row['subject']:<24} {row['raised_at']}  "
             f"x{row['occurrences']}  {state}  {seen}  {row['detail']}"
         )
-    return 0
+
+    return list_rows(args, lambda store: store.alarms(open_only=args.open, limit=args.limit), line)
 
 
 def _alarms_ack(args: argparse.Namespace) -> int:
