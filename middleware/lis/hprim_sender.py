@@ -37,7 +37,7 @@ import structlog
 from middleware.config.settings import HprimLinkSettings, LisSettings
 from middleware.health import ConnectionHealth, Health
 from middleware.lis.hprim_message import build_hprim_message
-from middleware.lis.sender import backoff_delay
+from middleware.lis.sender import NoAck, backoff_delay
 from middleware.store import OutboxItem, Store, StoreUnavailable, Transmission
 from protocols import astm
 
@@ -72,15 +72,6 @@ def atomic_write(final: Path, temporary: Path, data: bytes) -> None:
         os.close(fd)
     os.replace(temporary, final)
     _fsync_directory(final.parent)
-
-
-class _NoAck(Exception):
-    """No usable answer from the LIS; `reason` says what happened instead."""
-
-    def __init__(self, reason: str, raw: bytes | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.raw = raw
 
 
 @dataclasses.dataclass(slots=True)
@@ -351,7 +342,7 @@ class HprimSender:
         sent_at = datetime.now(UTC)
         try:
             code, raw = await self._exchange(payload, item.attempts + 1)
-        except _NoAck as exc:
+        except NoAck as exc:
             failed = Transmission(
                 payload, sent_at, datetime.now(UTC), raw_in=exc.raw, error=exc.reason
             )
@@ -389,11 +380,11 @@ class HprimSender:
                     answer = await self._raw_answer(reader)
         except TimeoutError:
             await self._close()
-            raise _NoAck(f"no acknowledgement within {link.ack_timeout:g} s") from None
+            raise NoAck(f"no acknowledgement within {link.ack_timeout:g} s") from None
         except (OSError, ConnectionError) as exc:
             await self._close()
-            raise _NoAck(f"link to LIS failed: {exc}") from None
-        except _NoAck:
+            raise NoAck(f"link to LIS failed: {exc}") from None
+        except NoAck:
             await self._close()
             raise
         self.health.message_sent(self.settings.name, attempt=attempt)
@@ -410,7 +401,7 @@ class HprimSender:
             return "AA", data
         if data == _NAK:
             return "AR", data
-        raise _NoAck(f"unexpected answer {data!r}", data)
+        raise NoAck(f"unexpected answer {data!r}", data)
 
     async def _send_framed(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes
@@ -428,7 +419,7 @@ class HprimSender:
                     outcome = ("AA", _ACK)
                 elif isinstance(event, astm.MessageFailed):
                     writer.write(link.data_to_send())
-                    raise _NoAck(f"E1381 transfer failed: {event.reason}")
+                    raise NoAck(f"E1381 transfer failed: {event.reason}")
                 elif isinstance(event, astm.MessageReceived):
                     # A LIS sending us records over this link: nothing labgate reads here.
                     link.acknowledge(loop.time())

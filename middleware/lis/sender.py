@@ -50,7 +50,7 @@ from middleware.store import OutboxItem, Store, StoreUnavailable, Transmission
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import Ack, MllpFramer, mllp_frame, parse_ack
 
-__all__ = ["LisSender", "backoff_delay"]
+__all__ = ["LisSender", "NoAck", "backoff_delay"]
 
 log = structlog.get_logger("labgate.lis")
 
@@ -72,7 +72,7 @@ _BATCH = 32
 _WINDOWS_PER_BATCH = 4
 
 
-class _NoAck(Exception):
+class NoAck(Exception):
     """No usable acknowledgement came back; `reason` says what happened instead."""
 
     def __init__(self, reason: str, raw: bytes | None = None) -> None:
@@ -210,7 +210,7 @@ class LisSender:
             sent_at = datetime.now(UTC)
             try:
                 ack = await self._exchange(payload, item.control_id, attempt)
-            except _NoAck as exc:
+            except NoAck as exc:
                 delay = backoff_delay(attempt, settings.retry.initial, settings.retry.maximum)
                 failed = Transmission(
                     payload, sent_at, datetime.now(UTC), raw_in=exc.raw, error=exc.reason
@@ -263,18 +263,18 @@ class LisSender:
                 raw = await self._read_message(reader)
         except TimeoutError:
             await self._close()
-            raise _NoAck(f"no acknowledgement within {settings.ack_timeout:g} s") from None
+            raise NoAck(f"no acknowledgement within {settings.ack_timeout:g} s") from None
         except (OSError, ConnectionError, RemoteProtocolError) as exc:
             await self._close()
-            raise _NoAck(f"link to LIS failed: {exc}") from None
+            raise NoAck(f"link to LIS failed: {exc}") from None
         try:
             ack = parse_ack(raw)
         except RemoteProtocolError as exc:
             await self._close()
-            raise _NoAck(f"unreadable acknowledgement: {exc}", raw) from None
+            raise NoAck(f"unreadable acknowledgement: {exc}", raw) from None
         if ack.acknowledged_control_id != control_id:
             await self._close()
-            raise _NoAck(
+            raise NoAck(
                 f"acknowledgement for {ack.acknowledged_control_id!r}, expected {control_id!r}", raw
             )
         self.health.ack_received(settings.name, loop.time() - written)

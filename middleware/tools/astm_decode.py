@@ -26,12 +26,12 @@ encoding). A one-line summary goes to stderr.
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import os
 import sys
 from typing import Any
 
+from middleware.tools._input import parse_and_read
 from protocols import astm
 from protocols.errors import RemoteProtocolError
 
@@ -57,22 +57,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run the tool; returns the exit status (0 all decoded, 1 problems found, 2 usage)."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        codecs.lookup(args.encoding)
-    except LookupError:
-        print(f"labgate astm decode: unknown encoding {args.encoding!r}", file=sys.stderr)
-        return 2
-    try:
-        with open(args.file, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        print(f"labgate astm decode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
+    parsed = parse_and_read(_parser(), argv, "astm decode")
+    if isinstance(parsed, int):
+        return parsed
+    args, data = parsed
     capture = astm.read_capture(data)
     messages = astm.split_capture_messages(capture, lenient_frames=args.lenient_frames)
     report = _Report(capture)

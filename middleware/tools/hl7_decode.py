@@ -42,6 +42,7 @@ import sys
 from array import array
 from typing import Any
 
+from middleware.tools._input import parse_and_read
 from protocols.errors import RemoteProtocolError
 from protocols.hl7.inbound import decode_inbound, message_type
 from protocols.hl7.validation import validate_message
@@ -145,17 +146,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run the tool; returns the exit status (0 all split, 1 problems found, 2 usage)."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        with open(args.file, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        print(f"labgate hl7 decode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
+    parsed = parse_and_read(_parser(), argv, "hl7 decode")
+    if isinstance(parsed, int):
+        return parsed
+    args, data = parsed
     stream, origin = read_stream(data)
     spans, junk = split_messages(stream)
     lines: list[tuple[int, dict[str, Any]]] = []

@@ -36,13 +36,13 @@ anything could not be decoded or no message was found (or, with ``--strict``, an
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import os
 import re
 import sys
 from typing import Any
 
+from middleware.tools._input import parse_and_read
 from protocols import hprim
 
 __all__ = ["main"]
@@ -68,22 +68,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run the tool; returns the exit status (0 all decoded, 1 problems found, 2 usage)."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        codecs.lookup(args.encoding)
-    except LookupError:
-        print(f"labgate hprim decode: unknown encoding {args.encoding!r}", file=sys.stderr)
-        return 2
-    try:
-        with open(args.file, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        print(f"labgate hprim decode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
+    parsed = parse_and_read(_parser(), argv, "hprim decode")
+    if isinstance(parsed, int):
+        return parsed
+    args, data = parsed
     report = _Report(data, args.encoding)
     parts = hprim.split_messages(data)
     for number, part in enumerate(parts, start=1):
