@@ -19,12 +19,12 @@ over the 100,000 R records per second the daemon needs (benchmarks/astm_decode.p
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.frozen_record import FrozenRecord
 
 __all__ = [
     "Delimiters",
@@ -108,7 +108,7 @@ _KNOWN_DELIMITERS: dict[str, Delimiters] = {}
 _set = object.__setattr__  # how a frozen object sets its own attributes
 
 
-class Record:
+class Record(FrozenRecord):
     """One record: its type and its fields, numbered as in the standard from 1.
 
     ``fields[0]`` is the record type (``(("R",),)``); the other fields are unescaped. Decoded
@@ -213,29 +213,6 @@ class Record:
         if n > len(self.fields):
             return ""
         return _encode_field(self, n, Delimiters())
-
-    # --- value semantics, as a frozen dataclass has them --------------------------------------
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Record)
-        return self.type == other.type and self.fields == other.fields
-
-    def __hash__(self) -> int:
-        return hash((self.type, self.fields))
-
-    def __repr__(self) -> str:
-        return f"Record(type={self.type!r}, fields={self.fields!r})"
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # pickle and copy: rebuilt whole
-        return (Record, (self.type, self.fields, self.raw_fields))
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,11 @@ record type, so ``record.field(1)`` is ``"OBX"`` and OBX-6 is ``record.field(6)`
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.frozen_record import FrozenRecord
 
 __all__ = [
     "FILE_VALUE_TYPE",
@@ -265,7 +265,7 @@ def _is_verbatim(record_type: str, n: int, opaque: bool) -> bool:
 _set = object.__setattr__  # how a frozen object sets its own attributes
 
 
-class Record:
+class Record(FrozenRecord):
     """One record: its type and its fields, numbered from 1 as in the HPRIM text.
 
     ``fields[0]`` is the record type (``((("OBX",),),)``). Each field is a tuple of repeats,
@@ -386,29 +386,6 @@ class Record:
         if n > len(self.fields):
             return ""
         return _encode_fields(self, Delimiters())[n - 1]
-
-    # --- value semantics, as a frozen dataclass has them ------------------------------------
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Record)
-        return self.type == other.type and self.fields == other.fields
-
-    def __hash__(self) -> int:
-        return hash((self.type, self.fields))
-
-    def __repr__(self) -> str:
-        return f"Record(type={self.type!r}, fields={self.fields!r})"
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # pickle and copy: rebuilt whole
-        return (Record, (self.type, self.fields, self.raw_fields))
 
 
 def components(*values: str) -> Field:
