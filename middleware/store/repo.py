@@ -129,6 +129,12 @@ class OutboxItem:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Transactions are begun by SQLAlchemy (`_sqlite_begin`), not by the driver. Left to
+    # itself, Python's sqlite3 opens one only before an INSERT/UPDATE/DELETE: a SAVEPOINT
+    # (each message of a group commit has one) then began a transaction of its own, and its
+    # RELEASE committed it, one disk sync per message, and a batch was no longer all or
+    # nothing. (SQLAlchemy's documented recipe for pysqlite savepoints.)
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets the API read while the writer commits; synchronous=FULL makes each commit reach
     # the disk before it returns, which is what allows acknowledging the analyser afterwards.
@@ -139,11 +145,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-# The inserts of every received message, built once (see `Store._add_message`).
+def _sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+# The inserts of every received message, built once (see `Store._add_messages`).
 _INSERT_MESSAGE = insert(MessageRow)
-_INSERT_SPECIMEN = insert(SpecimenRow).returning(SpecimenRow.id)
+# Several rows a statement: the ids come back in the order of the rows given.
+_INSERT_SPECIMEN = insert(SpecimenRow).returning(SpecimenRow.id, sort_by_parameter_order=True)
 _INSERT_RESULT = insert(ResultRow)
-_INSERT_OUTBOX = insert(OutboxRow).returning(OutboxRow.id)
+_INSERT_OUTBOX = insert(OutboxRow).returning(OutboxRow.id, sort_by_parameter_order=True)
 # The duplicate look-ups run for every received message too (see `Store.find_duplicate`).
 _SAME_BYTES = (
     select(MessageRow.message_id)
@@ -213,6 +224,7 @@ class Store(
         engine = create_engine(url)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
         migrate.upgrade(engine)
         return cls(engine)
 
@@ -261,86 +273,114 @@ class Store(
         return await self._group.submit(incoming)
 
     def _save_batch(self, batch: Sequence[IncomingMessage]) -> list[int | Exception | None]:
-        """The writer-thread half of `save`: one transaction for the whole batch."""
+        """The writer-thread half of `save`: one transaction for the whole batch.
+
+        The whole batch goes in with one statement per table (executemany): with fifty
+        analysers this thread is the daemon's bottleneck, and statements per message cost more
+        than the rows (profiled). Should the database refuse any of it, the batch is done
+        again message by message, each in its own savepoint, so that only the message refused
+        is refused."""
+        try:
+            with self._sessions.begin() as session:
+                return list(self._add_messages(session, batch))
+        except SQLAlchemyError:
+            if len(batch) == 1:
+                raise
         outcomes: list[int | Exception | None] = []
         with self._sessions.begin() as session:
             for incoming in batch:
                 try:
                     with session.begin_nested():
-                        outcomes.append(self._add_message(session, incoming))
+                        outcomes.extend(self._add_messages(session, (incoming,)))
                 except SQLAlchemyError as exc:
                     outcomes.append(StoreUnavailable(str(exc.__cause__ or exc)))
         return outcomes
 
     @staticmethod
     def _add_message(session: Session, incoming: IncomingMessage) -> int | None:
-        # Fixed Core statements with parameters (results in one executemany): this runs for
-        # every message of every analyser on the store's one writer thread, and statements
-        # built per call cost more in compiling than the inserts themselves (profiled).
+        [outbox_id] = Store._add_messages(session, (incoming,))
+        return outbox_id
+
+    @staticmethod
+    def _add_messages(session: Session, batch: Sequence[IncomingMessage]) -> list[int | None]:
+        """Insert `batch` (messages, specimens, results, outbox rows) in the session's
+        transaction; the outbox id of each message, None for those owing nothing to the LIS.
+
+        Fixed Core statements with parameters, one executemany per table: this runs for every
+        message of every analyser on the store's one writer thread, and statements built per
+        call cost more in compiling than the inserts themselves (profiled)."""
         connection = session.connection()
         connection.execute(
             _INSERT_MESSAGE,
+            [
+                {
+                    "message_id": incoming.message_id,
+                    "connection": incoming.connection,
+                    "protocol": incoming.protocol,
+                    "received_at": incoming.received_at,
+                    "raw": incoming.raw,
+                    "status": "stored",
+                    "error": None,
+                    "content_hash": incoming.content_hash,
+                }
+                for incoming in batch
+            ],
+        )
+        specimens = [
             {
                 "message_id": incoming.message_id,
-                "connection": incoming.connection,
-                "protocol": incoming.protocol,
-                "received_at": incoming.received_at,
-                "raw": incoming.raw,
-                "status": "stored",
-                "error": None,
-                "content_hash": incoming.content_hash,
-            },
+                "instrument": incoming.connection,
+                "specimen_id": report.specimen_id,
+                **_patient_columns(report.patient),
+                "collected_at": report.collected_at,
+                "is_qc": report.is_qc,
+                "origin": incoming.origin,
+                "location": incoming.location,
+            }
+            for incoming in batch
+            for report in incoming.reports
+        ]
+        specimen_row_ids = iter(
+            connection.execute(_INSERT_SPECIMEN, specimens).scalars().all() if specimens else ()
         )
-        decisions = iter(incoming.decisions)
         results: list[dict[str, Any]] = []
-        for report in incoming.reports:
-            specimen_row_id = connection.execute(
-                _INSERT_SPECIMEN,
-                {
-                    "message_id": incoming.message_id,
-                    "instrument": incoming.connection,
-                    "specimen_id": report.specimen_id,
-                    **_patient_columns(report.patient),
-                    "collected_at": report.collected_at,
-                    "is_qc": report.is_qc,
-                    "origin": incoming.origin,
-                    "location": incoming.location,
-                },
-            ).scalar_one()
-            for result in report.results:
-                decision, reasons = next(decisions)
-                values = _result_values(
-                    result, specimen_row_id, incoming.message_id, decision, reasons
+        owed: list[dict[str, Any]] = []
+        for incoming in batch:
+            decisions = iter(incoming.decisions)
+            for report in incoming.reports:
+                specimen_row_id = next(specimen_row_ids)
+                for result in report.results:
+                    decision, reasons = next(decisions)
+                    values = _result_values(
+                        result, specimen_row_id, incoming.message_id, decision, reasons
+                    )
+                    values.update(ruleset=incoming.ruleset, biologist=incoming.biologist)
+                    results.append(values)
+            if incoming.forward:
+                # A blocked device's results wait, quarantined, for a person to release them.
+                quarantined = any(decision == "quarantined" for decision, _ in incoming.decisions)
+                owed.append(
+                    {
+                        "message_id": incoming.message_id,
+                        "lis": incoming.lis,
+                        "instrument": incoming.connection,
+                        "control_id": new_control_id(),
+                        "state": "quarantined" if quarantined else "pending",
+                        "created_at": incoming.received_at,
+                        "next_attempt_at": incoming.received_at,
+                        "attempts": 0,
+                        "kind": "results",
+                        "payload": None,
+                        "last_error": None,
+                        "delivered_at": None,
+                        "claimed_by": None,
+                        "claimed_until": None,
+                    }
                 )
-                values.update(ruleset=incoming.ruleset, biologist=incoming.biologist)
-                results.append(values)
         if results:
             connection.execute(_INSERT_RESULT, results)
-        if not incoming.forward:
-            return None
-        # A blocked device's results wait, quarantined, for a person to release them.
-        quarantined = any(decision == "quarantined" for decision, _ in incoming.decisions)
-        return int(
-            connection.execute(
-                _INSERT_OUTBOX,
-                {
-                    "message_id": incoming.message_id,
-                    "lis": incoming.lis,
-                    "instrument": incoming.connection,
-                    "control_id": new_control_id(),
-                    "state": "quarantined" if quarantined else "pending",
-                    "created_at": incoming.received_at,
-                    "next_attempt_at": incoming.received_at,
-                    "attempts": 0,
-                    "kind": "results",
-                    "payload": None,
-                    "last_error": None,
-                    "delivered_at": None,
-                    "claimed_by": None,
-                    "claimed_until": None,
-                },
-            ).scalar_one()
-        )
+        outbox_ids = iter(connection.execute(_INSERT_OUTBOX, owed).scalars().all() if owed else ())
+        return [int(next(outbox_ids)) if incoming.forward else None for incoming in batch]
 
     def previous_results(
         self, patient_id: str, codes: Sequence[str], before: datetime, specimen_id: str
