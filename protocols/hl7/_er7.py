@@ -483,7 +483,12 @@ def format_ts(moment: datetime) -> str:
     minutes = int(offset.total_seconds()) // 60
     sign = "-" if minutes < 0 else "+"
     hours, minutes = divmod(abs(minutes), 60)
-    return f"{moment:%Y%m%d%H%M%S}{sign}{hours:02d}{minutes:02d}"
+    # By hand, not strftime: every OBX of every message has one (profiled).
+    m = moment
+    return (
+        f"{m.year:04d}{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}"
+        f"{sign}{hours:02d}{minutes:02d}"
+    )
 
 
 def format_date(day: date) -> str:

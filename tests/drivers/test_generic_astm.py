@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.base import DriverError
 from drivers.generic_astm import GenericAstmDriver, parse_astm_datetime
@@ -142,3 +144,17 @@ def test_astm_timestamps(text: str, expected: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("text", ["", "2024", "2024020X", "20241399"])
 def test_bad_timestamps_are_none(text: str) -> None:
     assert parse_astm_datetime(text) is None
+
+
+@given(st.text(alphabet="0123456789 x", max_size=16))
+def test_timestamps_read_as_strptime_reads_them(text: str) -> None:
+    """The hand-sliced parser (fast, cached) agrees with strptime on every input."""
+    digits = text.strip()
+    formats = {14: "%Y%m%d%H%M%S", 12: "%Y%m%d%H%M", 10: "%Y%m%d%H", 8: "%Y%m%d"}
+    expected: datetime | None = None
+    if len(digits) in formats and digits.isdigit():
+        try:
+            expected = datetime.strptime(digits, formats[len(digits)]).astimezone()
+        except (ValueError, OverflowError, OSError):
+            expected = None
+    assert parse_astm_datetime(text) == expected
