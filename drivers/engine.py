@@ -62,6 +62,7 @@ class ProfileDriver:
         self._to_lis = dict(profile.transcoding.tests)
         self._to_analyser = {lis: code for code, lis in self._to_lis.items()}
         self._to_analyser.update(profile.transcoding.to_analyser)
+        self._test_codes: dict[tuple[str, ...], TestCode] = {}
         self._qc_regex = {
             id(rule): re.compile(rule.regex) for rule in profile.qc.rules if rule.regex is not None
         }
@@ -91,6 +92,15 @@ class ProfileDriver:
 
     def test_code(self, repeat: tuple[str, ...]) -> TestCode:
         """Analyser code, name and dilution in one repeat of R-3 or O-5."""
+        # An analyser names the same few tests all day: each repeat is read once (bounded).
+        known = self._test_codes.get(repeat)
+        if known is None:
+            if len(self._test_codes) >= 4096:
+                self._test_codes.clear()
+            known = self._test_codes[repeat] = self._read_test_code(repeat)
+        return known
+
+    def _read_test_code(self, repeat: tuple[str, ...]) -> TestCode:
         rules = self.profile.test_id
         components = [c.strip() for c in repeat]
         code = ""
@@ -131,6 +141,7 @@ class ProfileDriver:
         patient = Patient()
         patient_comments: list[str] = []
         draft: SpecimenDraft | None = None
+        specimen_id = ""
         last = ""  # the record a C record would attach to: patient, order, result, dropped
 
         for record in records:
@@ -145,11 +156,14 @@ class ProfileDriver:
                 if draft is not None:
                     reports.append(self._close(draft, patient_comments))
                 draft = SpecimenDraft(header, patient_record, patient, record, self, instrument)
+                # Results are made with the specimen id the order gives now, so that closing
+                # the report need not make each of them again (a hook may still change it).
+                specimen_id = self._specimen_id(record)
                 last = "order"
             elif kind == "R":
                 if draft is None:
                     raise DriverError(f"R record {record.field(2)!r} comes before any O record")
-                mapped = self._result(record, draft.order, instrument)
+                mapped = self._result(record, draft.order, instrument, specimen_id)
                 result = self.hook.on_result(draft, record, mapped)
                 if result is None:
                     last = "dropped"
@@ -211,7 +225,9 @@ class ProfileDriver:
             sex=rules.sex.read(record),
         )
 
-    def _result(self, record: astm.Record, order: astm.Record, instrument: str) -> Result:
+    def _result(
+        self, record: astm.Record, order: astm.Record, instrument: str, specimen_id: str = ""
+    ) -> Result:
         profile = self.profile
         repeats = record.repeats(3)
         test = self.test_code(repeats[0]) if repeats else TestCode("", "", "")
@@ -245,7 +261,7 @@ class ProfileDriver:
             status = "X"
 
         return Result(
-            specimen_id="",
+            specimen_id=specimen_id,
             test_code=test.code,
             value=value,
             test_name=test.name,
@@ -269,7 +285,14 @@ class ProfileDriver:
             normalized_flags=self.normalise_flags(flags),
             dilution=test.dilution,
             rerun=bool(raw_status) and raw_status in profile.status.rerun,
+            reagent_lot=self._reagent_lot(record, order),
         )
+
+    def _reagent_lot(self, record: astm.Record, order: astm.Record) -> str:
+        ref = self.profile.result.reagent_lot
+        if ref is None:
+            return ""
+        return ref.read(record if ref.record == "R" else order)
 
     def normalise_flags(self, flags: Sequence[str]) -> tuple[str, ...]:
         """The vocabulary's flags for raw analyser flags (unknown ones have none)."""
@@ -289,7 +312,7 @@ class ProfileDriver:
         self.hook.on_order_end(draft)
         profile = self.profile
         order = draft.order
-        specimen_id = next((v for ref in profile.specimen.id if (v := ref.read(order))), "")
+        specimen_id = self._specimen_id(order)
         if not specimen_id:
             places = ", ".join(str(ref) for ref in profile.specimen.id)
             raise DriverError(f"O record {order.field(2)!r} carries no specimen id in {places}")
@@ -298,16 +321,7 @@ class ProfileDriver:
         if is_qc:
             level = self._read_context(profile.qc.level, draft)
             lot = self._read_context(profile.qc.lot, draft)
-        results = tuple(
-            replace(
-                r,
-                specimen_id=specimen_id,
-                is_qc=is_qc,
-                qc_level=(r.qc_level or level) if is_qc else "",
-                qc_lot=(r.qc_lot or lot) if is_qc else "",
-            )
-            for r in draft.results
-        )
+        results = tuple(self._settle(r, specimen_id, is_qc, level, lot) for r in draft.results)
         extras = dict(draft.extras)
         if patient_comments:
             extras["patient_comments"] = " | ".join(patient_comments)
@@ -324,6 +338,26 @@ class ProfileDriver:
             collected_at=self._datetime(profile.specimen.collected_at.read(order)),
             is_qc=is_qc,
             extras=extras,
+        )
+
+    def _specimen_id(self, order: astm.Record) -> str:
+        return next((v for ref in self.profile.specimen.id if (v := ref.read(order))), "")
+
+    @staticmethod
+    def _settle(result: Result, specimen_id: str, is_qc: bool, level: str, lot: str) -> Result:
+        """`result` with its specimen's id and QC identity; itself when it has them already
+        (most do: making a Result again costs more than mapping its record)."""
+        qc_level = (result.qc_level or level) if is_qc else ""
+        qc_lot = (result.qc_lot or lot) if is_qc else ""
+        if (
+            result.specimen_id == specimen_id
+            and result.is_qc == is_qc
+            and result.qc_level == qc_level
+            and result.qc_lot == qc_lot
+        ):
+            return result
+        return replace(
+            result, specimen_id=specimen_id, is_qc=is_qc, qc_level=qc_level, qc_lot=qc_lot
         )
 
     @staticmethod
