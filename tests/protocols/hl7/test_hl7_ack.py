@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols import hl7 as v2
 from protocols.errors import LocalProtocolError, RemoteProtocolError
@@ -139,3 +141,54 @@ def test_parse_ack_reads_err_text_when_msa3_empty() -> None:
 def test_parse_ack_refuses_with_a_reason(message: bytes, reason: str) -> None:
     with pytest.raises(RemoteProtocolError, match=reason):
         v2.parse_ack(message)
+
+
+_FIELD_TEXT = st.text(alphabet=st.sampled_from("AZaz09 .-_|^~&\\é"), max_size=8)
+
+
+@settings(max_examples=300)
+@given(
+    kind=st.sampled_from(
+        ["ACK", "ACK^R01^ACK", "ACK^R22^ACK", "ACK^R01", "ORU^R01", "ACK^O33^ACK"]
+    ),
+    control_id=_FIELD_TEXT,
+    code=st.sampled_from(["AA", "AE", "AR", "CA", "CE", "CR", "XX", "", "AA "]),
+    acked=_FIELD_TEXT,
+    text=st.none() | _FIELD_TEXT,
+    err=st.booleans(),
+    end=st.sampled_from(["", "\r", "\r\n", "\n"]),
+)
+def test_plain_acks_read_without_the_parser_as_the_parser_reads_them(
+    kind: str, control_id: str, code: str, acked: str, text: str | None, err: bool, end: str
+) -> None:
+    """The sender's fast reading of a plain ACK (split, not parsed) gives what the parser
+    gives, and leaves every other answer to the parser."""
+    from protocols.hl7 import ack as module
+
+    msa = f"MSA|{code}|{acked}" + (f"|{text}" if text is not None else "")
+    segments = [f"MSH|^~\\&|LIS|HOSP|labgate|LAB|20250628173334||{kind}|{control_id}|P|2.5.1", msa]
+    if err:
+        segments.append("ERR|||207^Application internal error^HL70357|E||||database down")
+    message = ("\r".join(segments) + end).encode("utf-8")
+    fast = module._plain_ack(message)
+    try:
+        parsed: v2.Ack | Exception = module._parsed_ack(message)
+    except RemoteProtocolError as exc:
+        parsed = exc
+    if fast is not None:
+        assert fast == parsed
+    if isinstance(parsed, Exception):
+        with pytest.raises(RemoteProtocolError):
+            v2.parse_ack(message)
+    else:
+        assert v2.parse_ack(message) == parsed
+
+
+def test_the_lis_plain_aa_takes_the_fast_reading() -> None:
+    from protocols.hl7 import ack as module
+
+    message = (
+        b"MSH|^~\\&|LIS|HOSP|labgate|LAB|20250628173334||ACK^R01^ACK|A7|P|2.5.1\rMSA|AA|LG42\r"
+    )
+    assert module._plain_ack(message) == v2.Ack("AA", "LG42", "A7", "", message)
+    assert module._plain_ack(message.replace(b"LG42", b"LG\\T\\42")) is None  # an escape
