@@ -264,6 +264,12 @@ class Store(
         with self._sessions.begin() as session:
             return self._add_message(session, incoming)
 
+    def save_messages(self, batch: Sequence[IncomingMessage]) -> list[int | Exception | None]:
+        """`save_message` for many messages in one transaction (an import, a benchmark's
+        backlog): the outbox id of each, None when nothing is forwarded, or the database's
+        refusal of that message alone (the others are kept)."""
+        return self._save_batch(batch)
+
     async def save(self, incoming: IncomingMessage) -> int | None:
         """`save_message` as the sessions call it: messages arriving together from several
         analysers are committed together (one transaction, one sync to disk), each in its own
