@@ -15,7 +15,7 @@ store's writer thread. The daemon notices the change through the audit trail (se
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -66,11 +66,16 @@ def activate_text(
     *,
     probation_days: int = 0,
     events: Iterable[dict[str, Any]] | None = None,
+    comparison: Mapping[str, Any] | None = None,
     at: datetime | None = None,
 ) -> ActivationOutcome:
     """Validate `text` (ConfigError with file, line and field if it is not a rule set), run its
     embedded cases, optionally compare its decisions with the active version's on `events`,
-    and record the attempt; activate it if every case passed."""
+    and record the attempt; activate it if every case passed.
+
+    `comparison` is a replay comparison the caller already made against the active version
+    (the web console replays off the store's writer thread, which a long replay would hold
+    up); it is recorded as given when no `events` are."""
     if not author.strip():
         raise ValueError("an activation needs its author (GBUI XI-2)")
     ruleset = load_ruleset_text(text, source)
@@ -94,6 +99,9 @@ def activate_text(
             active = load_ruleset_text(state.active.text, state.active.source)
             replay = replay_summary(ruleset, active, events)
             obtained["replay"] = replay
+    elif comparison is not None:
+        replay = dict(comparison)
+        obtained["replay"] = replay
     record = ActivationRecord(
         author=author,
         change=change,

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from middleware.web.api import api_router
 from middleware.web.pages import page_router, templates
+from middleware.web.rule_editor import rule_editor_router
 from middleware.web.security import NotSignedIn
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     )
     app.include_router(api_router(gateway))
     app.include_router(page_router(gateway))
+    app.include_router(rule_editor_router(gateway))
 
     @app.exception_handler(NotSignedIn)
     async def not_signed_in(request: Request, _: Exception) -> Response:
