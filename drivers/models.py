@@ -66,6 +66,10 @@ class Result:
     # QC results: the control material's level and lot as the analyser identified them.
     qc_level: str = ""
     qc_lot: str = ""
+    # The lot of the reagent the test was run with (test strips, cartridge, gel card), patient
+    # and QC results alike, when the analyser says it: not the control material's lot above.
+    # The QC monitor asks for an accepted QC run on each new one (QcPlan `new_lot_qc`).
+    reagent_lot: str = ""
     # How the analyser diluted the specimen for this result, as it wrote it ("" = not said;
     # Sysmex "1" = neat), and whether it reports a rerun of the test on the same specimen:
     # auto-validation carries both with the result (AUTOVERIFICATION.md §9.5).

@@ -9,6 +9,9 @@ as options when a real device needs them):
   number, else its time: POC devices rarely scan a tube;
 - a non-patient event (root OBS.R02, or an SVC role LQC/EQC/CVR/CAL/PRF) is QC, with the
   control material's level and lot (CTC); Sofia sends QC with role OBS, hence the root counts;
+- the reagent (strip, cartridge) lot of the event (RGT.lot_number, patient and QC alike) is
+  each result's `reagent_lot`: on a QC event it is the lot the control checked, not the
+  control's own lot (CTC.lot_number, `qc_lot`);
 - timestamps without an offset (the DCA's) are the gateway's local time, as for ASTM;
 - the operator who ran the test travels with each result ("opérateur: OP7", GBUI XIII-3:
   "l'identification de l'opérateur autorisé"); an override (SVC status OVR) is said too.
@@ -150,6 +153,7 @@ def _report(
                 normalized_flags=(normalised,) if normalised in _NORMALISED else (),
                 qc_level=control.level if is_qc else "",
                 qc_lot=control.lot_number if is_qc else "",
+                reagent_lot=service.reagent_lot,
             )
         )
     patient = service.patient or poct1a.PatientInfo()

@@ -215,11 +215,17 @@ class ResultRules(_Model):
     #: O places read the specimen's O record (O-23, results reported, for analysers that date
     #: only the order).
     measured_at: tuple[Ref, ...] = (FieldRef("R", 13, 1), FieldRef("R", 12, 1))
+    #: Where the analyser names the reagent lot a result was measured with (E1394 has no field
+    #: for it: vendors put it in a component of R-3 or R-4, or on the order), when it does; a
+    #: hook may find it elsewhere (Ortho VISION: the card lot in its M records).
+    reagent_lot: Ref | None = None
 
     @model_validator(mode="after")
     def _on_result(self) -> ResultRules:
         _only_records((self.reference_range,), "R", "the reference range")
         _only_records(self.measured_at, "RO", "the measurement time")
+        if self.reagent_lot is not None:
+            _only_records((self.reagent_lot,), "RO", "the reagent lot")
         return self
 
 

@@ -20,14 +20,14 @@ recording method so that no module touches a Prometheus object directly:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ConnectionHealth", "Health"]
+__all__ = ["ConnectionHealth", "DeviceState", "Health"]
 
 CounterName = Literal["received", "stored", "delivered", "errors", "naks", "reconnects"]
 
@@ -35,6 +35,64 @@ CounterName = Literal["received", "stored", "delivered", "errors", "naks", "reco
 ACK_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # A healthy loop runs a few milliseconds late; E1381's shortest timer (15 s) bounds the top.
 LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """A point-of-care device as the lab must see it at a glance (GBUI XIII: a blocked device
+    must be seen blocked at once): whether labgate's lock holds, what the device last said of
+    itself, and the operator list it was given. Its POCT1-A session keeps it up to date.
+
+    `lock` is read from two facts: whether the lab blocks the device now (`blocked`, read live
+    from the pipeline) and whether the device acknowledged labgate's LOCK (`locked`) —
+    `locked` (blocked, LOCK acknowledged), `lock_pending` (blocked, LOCK queued, sent, refused
+    or waiting for the device to connect), `unlock_pending` (unblocked, UNLOCK not yet
+    acknowledged), `unlocked`."""
+
+    blocked: Callable[[], bool] = field(default=lambda: False)
+    locked: bool = False
+    lock_changed_at: datetime | None = None  # when the device acknowledged LOCK or UNLOCK
+    device_id: str = ""
+    condition: str = ""  # DST.condition_cd as last reported (R ready, L locked, B busy...)
+    device_locked: bool = False  # the device itself says it refuses tests (all or some)
+    status_at: datetime | None = None  # when that status came
+    operators: int | None = None  # operators in the list last sent (None: no list kept)
+    operators_version: str = ""  # a digest of that list: the same list, the same version
+    operators_state: str = ""  # sent, accepted (the device's ACK of its EOT OPL), refused
+    operators_at: datetime | None = None  # when that state was reached
+
+    @property
+    def lock(self) -> str:
+        blocked = self.blocked()
+        if blocked:
+            return "locked" if self.locked else "lock_pending"
+        return "unlock_pending" if self.locked else "unlocked"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "device_id": self.device_id,
+            "lock": self.lock,
+            "lock_changed_at": _iso(self.lock_changed_at),
+            "status": None
+            if self.status_at is None
+            else {
+                "condition": self.condition,
+                "locked": self.device_locked,
+                "at": _iso(self.status_at),
+            },
+            "operators": None
+            if self.operators is None
+            else {
+                "count": self.operators,
+                "version": self.operators_version,
+                "state": self.operators_state,
+                "at": _iso(self.operators_at),
+            },
+        }
 
 
 @dataclass(slots=True)
@@ -55,9 +113,10 @@ class ConnectionHealth:
     last_message_at: datetime | None = None
     peers: int = 0
     connected_once: bool = False
+    device: DeviceState | None = None  # point-of-care devices (POCT1-A) only
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        shown: dict[str, object] = {
             "name": self.name,
             "protocol": self.protocol,
             "transport": self.transport,
@@ -71,6 +130,9 @@ class ConnectionHealth:
             "reconnects": self.reconnects,
             "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
         }
+        if self.device is not None:
+            shown["device"] = self.device.as_dict()
+        return shown
 
 
 @dataclass
@@ -79,6 +141,8 @@ class Health:
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     connections: dict[str, ConnectionHealth] = field(default_factory=dict)
+    # Device states of sessions created before their connection is added (see `attach_device`).
+    devices: dict[str, DeviceState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         labels = ["connection"]
@@ -189,6 +253,8 @@ class Health:
 
     def add(self, connection: ConnectionHealth) -> ConnectionHealth:
         self.connections[connection.name] = connection
+        if connection.device is None:
+            connection.device = self.devices.get(connection.name)
         for counter in (*self._counters.values(), self._sent, self._retransmissions):
             counter.labels(connection.name)  # export zero before the first event
         self._ack_latency.labels(connection.name)
@@ -202,9 +268,18 @@ class Health:
             connection.last_message_at = datetime.now(UTC)
         self._counters[counter].labels(name).inc(amount)
 
+    def attach_device(self, name: str, device: DeviceState) -> None:
+        """Show `device` with the connection `name`, now or when it is added (a session is
+        created before the gateway adds its connection)."""
+        self.devices[name] = device
+        connection = self.connections.get(name)
+        if connection is not None:
+            connection.device = device
+
     def remove(self, name: str) -> None:
         """Forget a connection (its instrument left the configuration); its exported series go
         too, so dashboards do not show a ghost."""
+        self.devices.pop(name, None)
         if self.connections.pop(name, None) is None:
             return
         for metric in (

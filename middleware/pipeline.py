@@ -11,8 +11,9 @@ Before those stages, in the order of the validation issue, come what the lab dec
 the rule set: a blocked device (`device_blocked`: the result is `quarantined`, never forwarded
 until a person releases it), auto-validation switched off globally (`autovalidation_disabled`)
 or for the rule set's responsible biologist (`biologist_disabled`), and the QC gate
-(`qc_failed`, `qc_overdue`) for the result's instrument and test. Each is given to the
-pipeline, which stays pure: it never reads the clock, the store or the network.
+(`qc_failed`, `qc_overdue`, `qc_new_lot`) for the result's instrument, test and reagent lot.
+Each is given to the pipeline, which stays pure: it never reads the clock, the store or the
+network.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ Decision = tuple[str, tuple[str, ...]]
 class QcStatus(Protocol):
     """What the QC gate says about a patient result (`QcMonitor` in the daemon and replay)."""
 
-    def reasons_for(self, instrument: str, test: str, at: datetime) -> list[str]: ...
+    def reasons_for(
+        self, instrument: str, test: str, at: datetime, reagent_lot: str = ""
+    ) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +141,7 @@ class Pipeline:
             at = result.measured_at or received_at
             if at is not None:
                 reasons += self.qc.reasons_for(
-                    result.instrument, result.lis_code or result.test_code, at
+                    result.instrument, result.lis_code or result.test_code, at, result.reagent_lot
                 )
         return reasons
 

@@ -16,6 +16,8 @@ It behaves as the devices of reference/POCT1A.md do:
   and `measure()` refuses an operator not on it (or whose certification ended), as a device
   that checks operators locally does; `enforce_operators=False` plays one that does not, to see
   the host refuse the result instead;
+- each test names the lot of the strips loaded in the meter (RGT.lot_number, `reagent_lot`,
+  patient tests and QC alike); changing `reagent_lot` plays a new box of strips;
 - it keeps unacknowledged results across connections: after link loss it reconnects (after
   `reconnect_delay`) and sends them again; a result the host refused (ACK AE) is not resent;
 - END from the host closes the connection; the device reconnects, as the DCA did at once.
@@ -136,6 +138,7 @@ class Poct1aDeviceSimulator:
         reconnect_delay: float = 0.2,
         ack_timeout: float = 10.0,
         max_message_size: int = 16000,
+        reagent_lot: str = "",
     ) -> None:
         self.host = host
         self.port = port
@@ -147,6 +150,8 @@ class Poct1aDeviceSimulator:
         self.reconnect_delay = reconnect_delay
         self.ack_timeout = ack_timeout
         self.max_message_size = max_message_size
+        #: The lot of the test strips loaded ("" = not said in its messages).
+        self.reagent_lot = reagent_lot
         #: The device's state, as the host left it.
         self.locked = False
         self.continuous = False
@@ -216,8 +221,10 @@ class Poct1aDeviceSimulator:
         qc_level: str = "",
         qc_lot: str = "",
         when: datetime | None = None,
+        reagent_lot: str | None = None,
     ) -> Measurement:
         """Run one test (a QC when `qc_level` is given) and queue its result for the host.
+        `reagent_lot` overrides the strip lot loaded (`self.reagent_lot`) for this test.
 
         Raises MeasurementRefused when the device is locked, or when the operator is not on the
         list it holds (with `enforce_operators`)."""
@@ -253,6 +260,7 @@ class Poct1aDeviceSimulator:
             operator_id=operator,
             specimen_id=specimen_id or f"{self.model}-{self._sequence:06d}",
             specimen_type="BLDC",
+            reagent_lot=self.reagent_lot if reagent_lot is None else reagent_lot,
         )
         loop = asyncio.get_running_loop()
         body = poct1a.Observations(poct1a.Header(""), (service,), non_patient=qc)
@@ -511,6 +519,9 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--mllp", action="store_true", help="frame messages with MLLP bytes")
     parser.add_argument(
+        "--reagent-lot", default="", help="lot of the test strips loaded (RGT.lot_number)"
+    )
+    parser.add_argument(
         "--no-operator-check",
         action="store_true",
         help="do not check operators locally (the host refuses unknown ones)",
@@ -535,7 +546,7 @@ def _emit(**fields: object) -> None:
 async def run_cli(args: argparse.Namespace) -> int:
     """Run the device from parsed arguments; exit 0 when every test ran and was accepted."""
     host, port = args.tcp
-    device = Poct1aDeviceSimulator(host, port, mllp=args.mllp)
+    device = Poct1aDeviceSimulator(host, port, mllp=args.mllp, reagent_lot=args.reagent_lot)
     device.enforce_operators = not args.no_operator_check
     device.on_change = lambda what: (
         _emit(event=what, locked=device.locked) if what in ("lock", "unlock") else None

@@ -9,6 +9,11 @@ type ^ well number ^ card id ^ card lot ^ expiry ^ image files, M-6 grade ^ corr
 (A automatic, M manual) ^ read grade ^ operator. Grades 0/10/20/30/40 are reactions 0 to 4+,
 negative grades are well errors. Each well becomes a comment on the result it follows, so the
 biologist sees the reactions behind a blood group.
+
+The card is the reagent of a gel test: its lot (M-4.4) is the result's `reagent_lot`, patient
+and QC alike, so that a QC plan can ask for QC on each new card lot (`new_lot_qc`). A result
+read on wells of several cards keeps the lot of the first (each well's lot stays in its
+comment).
 """
 
 from __future__ import annotations
@@ -48,4 +53,6 @@ class OrthoVisionHook(Hook):
             details.append("corrected manually")
         text = f"{well}: {reaction}" + (f" ({', '.join(details)})" if details else "")
         last = draft.results[-1]
-        draft.results[-1] = replace(last, comments=(*last.comments, text))
+        draft.results[-1] = replace(
+            last, comments=(*last.comments, text), reagent_lot=last.reagent_lot or lot
+        )

@@ -147,18 +147,19 @@ class AlarmCenter:
         blocked: frozenset[str] = frozenset()
         rejected: set[tuple[str, str]] = set()
         overdue: set[tuple[str, str]] = set()
+        new_lots: set[tuple[str, str, str]] = set()
         if self.validation is not None:
             blocked = self.validation.pipeline.blocked_devices
             monitor = self.validation.qc
             if monitor is not None:
-                pairs = {(i, t) for i, t, _, _ in monitor.plan.targets_map()}
-                pairs |= {(run.instrument, run.test) for run in monitor.runs()}
+                pairs = monitor.watched() | {(run.instrument, run.test) for run in monitor.runs()}
                 for instrument, test in pairs:
                     reasons = monitor.reasons_for(instrument, test, now)
                     if "qc_failed" in reasons:
                         rejected.add((instrument, test))
                     if "qc_overdue" in reasons:
                         overdue.add((instrument, test))
+                new_lots = {(n.instrument, n.test, n.reagent_lot) for n in monitor.new_lots()}
         unconsumed: Mapping[str, datetime] = getattr(self.sender, "unconsumed", {})
         lis_name = getattr(getattr(self.sender, "settings", None), "name", "lis")
         return Snapshot(
@@ -170,6 +171,7 @@ class AlarmCenter:
             blocked_devices=blocked,
             qc_rejected=frozenset(rejected),
             qc_overdue=frozenset(overdue),
+            qc_new_lot=frozenset(new_lots),
         )
 
     async def _auto_block(self, kind: str, subject: str, detail: str, now: datetime) -> None:

@@ -17,7 +17,14 @@ Kinds and when they hold (thresholds from the `alarms` settings):
   `unconsumed_alarm_minutes` (the sender lists such files).
 - `device_blocked` — a device is blocked.
 - `qc_failed` — the newest QC run of an instrument and test is rejected.
-- `qc_overdue` — the last accepted QC run of an instrument and test is older than its interval.
+- `qc_overdue` — QC of an instrument and test is due: its last accepted run is older than its
+  interval, or the plan's `results` patient results were already stored since it (the next one
+  would be held).
+- `qc_new_lot` — patient results were measured on a reagent lot that no accepted QC run of that
+  instrument and test covers yet; the subject is `instrument:test:lot`.
+
+The subject of an alarm about a device starts with the device's name and a colon (or is just
+the name): `auto_block` reads the device from it.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class Snapshot:
     blocked_devices: frozenset[str] = frozenset()
     qc_rejected: frozenset[tuple[str, str]] = frozenset()  # (instrument, test)
     qc_overdue: frozenset[tuple[str, str]] = frozenset()
+    qc_new_lot: frozenset[tuple[str, str, str]] = frozenset()  # (instrument, test, reagent lot)
     unconsumed: Mapping[str, datetime] = field(default_factory=dict)  # per LIS: oldest file
 
 
@@ -107,4 +115,8 @@ def conditions(snapshot: Snapshot, limits: AlarmThresholds) -> dict[AlarmKey, st
         found[("qc_failed", f"{instrument}:{test}")] = "newest QC run rejected"
     for instrument, test in sorted(snapshot.qc_overdue):
         found[("qc_overdue", f"{instrument}:{test}")] = "QC overdue"
+    for instrument, test, lot in sorted(snapshot.qc_new_lot):
+        found[("qc_new_lot", f"{instrument}:{test}:{lot}")] = (
+            f"reagent lot {lot} in use without an accepted QC run"
+        )
     return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import ssl
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
@@ -499,10 +500,48 @@ class StoreSettings(_Model):
 
 
 class ApiSettings(_Model):
-    """The daemon's HTTP API; it listens on loopback unless a lab decides otherwise."""
+    """The daemon's HTTP API and console; it listens on loopback unless a lab decides otherwise.
+
+    `tls` makes the listener itself speak HTTPS (GBUI II-3, VII-2 1a: nominative data is
+    encrypted on any network): `cert` + `key` are the daemon's; with `require_client_cert`
+    only browsers and tools holding a certificate signed by `ca` get in. The session cookie is
+    then always Secure. The files are checked at load: a certificate and key that do not load
+    together refuse the configuration, rather than the daemon at start."""
 
     host: str = "127.0.0.1"
     port: Port = 8080
+    tls: TlsSettings | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _server_side(cls, tls: TlsSettings | None) -> TlsSettings | None:
+        if tls is None:
+            return None
+        if not tls.cert:
+            raise ValueError("the API's TLS needs cert and key (the daemon's certificate)")
+        if tls.server_hostname:
+            raise ValueError("server_hostname is for links labgate opens, not for the API")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+            if tls.ca:
+                context.load_verify_locations(tls.ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"cert, key or ca do not load: {exc}") from None
+        return tls
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
+    def local_url(self) -> str:
+        """Where the gateway's own commands (`status`, `doctor`, `restore`) reach the daemon:
+        loopback when it listens on every address."""
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "", "::"} else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 class AnalyserSimulatorSettings(_Model):
@@ -577,8 +616,14 @@ class AlarmSettings(_Model):
     webhook_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     # Devices labgate blocks by itself when one of these alarms starts for them (GBUI XIII:
     # the lab must be able to block a POC analyser). Unblocking is always a person's decision.
+    # QC overdue counts time and patient results (QC plan `hours`, `results`); `qc_new_lot`: a
+    # reagent lot in use without an accepted QC run (QC plan `new_lot_qc`).
     auto_block: dict[
-        str, tuple[Literal["qc_failed", "qc_overdue", "link_lost", "silence", "error_rate"], ...]
+        str,
+        tuple[
+            Literal["qc_failed", "qc_overdue", "qc_new_lot", "link_lost", "silence", "error_rate"],
+            ...,
+        ],
     ] = {}
 
 

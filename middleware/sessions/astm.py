@@ -317,7 +317,9 @@ class _Conversation:
                 session.health.count(name, "errors")
                 log.error("store_unavailable", error=str(exc))
                 return False
-            await session.validation.qc_stored(incoming.reports, received_at, session.lis)
+            await session.validation.qc_stored(
+                incoming.reports, received_at, session.lis, message_id
+            )
             results = sum(len(report.results) for report in reports)
             session.health.count(name, "received")
             session.health.count(name, "stored", results)

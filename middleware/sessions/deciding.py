@@ -6,6 +6,10 @@ their switches and blocked devices, and the QC state of each instrument and test
 or the blocked devices from the command line or the API; each change writes an audit row, and
 `watch()` rebuilds the pipeline when the newest audit row changes (GBUI V-3: switching
 auto-validation off is immediate — within `poll` seconds, without a restart).
+
+The QC monitor learns of each committed message (`qc_stored`): its controls (Westgard), and its
+patient results, counted against the plan's `results` limit and checked for a reagent lot no
+accepted QC run covers (`qc_new_lot`). `start()` rebuilds all of it from the store.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from drivers.models import PreviousResult, Result, SpecimenReport
 from middleware.pipeline import Decision, Pipeline, Switches
 from middleware.store import IncomingMessage, Store, StoreUnavailable
 from middleware.store.governance import GovernanceState
+from middleware.store.qc import LotSeen
 from middleware.validation.delta import Previous
 from middleware.validation.qc_monitor import QcMonitor
 from middleware.validation.qc_plan import QcPlan
@@ -32,6 +37,9 @@ from middleware.validation.westgard import QcPoint
 __all__ = ["Decided", "LiveValidation", "decide_reports"]
 
 log = structlog.get_logger("labgate.validation")
+
+#: How far back the QC monitor's state is read at start-up.
+_QC_HISTORY = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +126,7 @@ class LiveValidation:
         self.pipeline = dataclasses.replace(pipeline, qc=self.qc)
         self._on_change = on_change
         self._stamp = -1
+        self._ruleset_version_id: int | None = None  # the stored version deciding now
         self._lock = asyncio.Lock()
 
     async def start(self, fallback_rules: tuple[str, str] | None = None) -> None:
@@ -127,13 +136,36 @@ class LiveValidation:
         if fallback_rules is not None:
             await self._seed(*fallback_rules)
         if self.qc is not None:
-            since = datetime.now(UTC) - timedelta(days=7)
-            history = await self.store.read(self.store.qc_history, since)
-            self.qc.load(
-                QcPoint(p.instrument, p.test, p.level, p.lot, p.value, p.at) for p in history
-            )
-            log.info("qc_history_loaded", points=len(history))
+            await self._load_qc(datetime.now(UTC) - _QC_HISTORY)
         await self.reload()
+
+    async def _load_qc(self, since: datetime) -> None:
+        """The QC monitor as it stood: controls (with the reagent lot each was measured on),
+        then the patient results counted since each newest accepted run, then the patient
+        results measured on a reagent lot without QC. A reagent lot whose accepted runs are all
+        older than `since` needs one again (fail closed)."""
+        assert self.qc is not None
+        store = self.store
+        history = await store.read(store.qc_history, since)
+        self.qc.load(
+            QcPoint(p.instrument, p.test, p.level, p.lot, p.value, p.at, reagent_lot=p.reagent_lot)
+            for p in history
+        )
+        counted = 0
+        for instrument, test, after, limit in self.qc.counts_since():
+            times = await store.read(store.patient_times, instrument, test, after, limit)
+            for at in times:
+                self.qc.count_patient(instrument, test, at)
+            counted += len(times)
+        new_lots = await store.read(store.new_lot_results, since)
+        for seen in new_lots:
+            self.qc.note_lot(seen.instrument, seen.test, seen.reagent_lot, seen.at)
+        log.info(
+            "qc_history_loaded",
+            points=len(history),
+            patient_results_counted=counted,
+            new_lot_results=len(new_lots),
+        )
 
     async def _seed(self, source: str, text: str) -> None:
         from middleware.activation import activate_text
@@ -184,10 +216,13 @@ class LiveValidation:
         active = state.active
         if active is None:
             ruleset = None
-        elif ruleset is None or (ruleset.name, ruleset.version) != (active.name, active.version):
+        elif ruleset is None or active.version_id != self._ruleset_version_id:
+            # By the stored version, not by name and version: a text activated again under
+            # the same label is another rule set all the same.
             ruleset = load_ruleset_text(
                 active.text, f"{active.source} (version {active.version_id})"
             )
+        self._ruleset_version_id = active.version_id if active is not None else None
         return Pipeline(
             ruleset,
             switches=Switches(state.autovalidation, state.disabled_biologists),
@@ -205,7 +240,11 @@ class LiveValidation:
                 log.error("store_unavailable", error=str(exc))
 
     async def decide(self, reports: Sequence[SpecimenReport], received_at: datetime) -> Decided:
-        return await decide_reports(self.store, self.pipeline, reports, received_at)
+        pipeline = self.pipeline
+        if self.qc is not None:
+            # The results of this message count for one another before any is stored.
+            pipeline = dataclasses.replace(pipeline, qc=self.qc.batch())
+        return await decide_reports(self.store, pipeline, reports, received_at)
 
     async def message(
         self,
@@ -246,66 +285,101 @@ class LiveValidation:
         )
 
     async def qc_stored(
-        self, reports: Sequence[SpecimenReport], received_at: datetime, lis: str
+        self,
+        reports: Sequence[SpecimenReport],
+        received_at: datetime,
+        lis: str,
+        message_id: str = "",
     ) -> None:
-        """Feed a committed message's QC results to the Westgard rules; a rejection holds again
-        the patient results since the last accepted run (AUTOVERIFICATION.md §3)."""
+        """Feed a committed message's results to the QC monitor: QC results to the Westgard
+        rules (a rejection holds again the patient results since the last accepted run,
+        AUTOVERIFICATION.md §3), patient results to its count and reagent-lot check."""
         if self.qc is None:
             return
         try:
-            await self._evaluate_qc(reports, received_at, lis)
+            await self._evaluate_qc(reports, received_at, lis, message_id)
         except Exception:
             # The message is committed and will be acknowledged whatever happens here; a QC
             # evaluation that failed is loud, and the QC history reloads at the next start.
             log.exception("qc_evaluation_failed")
 
     async def _evaluate_qc(
-        self, reports: Sequence[SpecimenReport], received_at: datetime, lis: str
+        self, reports: Sequence[SpecimenReport], received_at: datetime, lis: str, message_id: str
     ) -> None:
         assert self.qc is not None
-        for report in reports:
-            for result in report.results:
-                if not result.is_qc or result.numeric is None:
-                    continue
-                point = QcPoint(
-                    instrument=result.instrument,
-                    test=result.lis_code or result.test_code,
-                    level=result.qc_level,
-                    lot=result.qc_lot,
-                    value=result.numeric,
-                    at=result.measured_at or received_at,
-                )
-                outcome = self.qc.add_qc(point)
-                evaluation = outcome.evaluation
-                log.info(
-                    "qc_evaluated",
-                    instrument=point.instrument,
-                    test=point.test,
-                    level=point.level,
-                    lot=point.lot,
-                    z=str(evaluation.z) if evaluation.z is not None else None,
-                    violations=list(evaluation.violations),
-                    rejected=evaluation.rejected,
-                )
-                if not outcome.rehold:
-                    continue
-                rehold = await self.store.run(
-                    self.store.rehold_for_qc,
-                    point.instrument,
-                    point.test,
-                    outcome.rehold_since,
-                    # Up to the next accepted run, or, none yet, to everything stored so far
-                    # (later results are held when they are decided).
-                    outcome.rehold_until or max(point.at, received_at),
-                    lis,
-                    ",".join(evaluation.violations),
-                )
+        lots: list[LotSeen] = []
+        try:
+            for report in reports:
+                for result in report.results:
+                    await self._feed(result, received_at, lis, message_id, lots)
+        finally:
+            # What a restart needs to know the lots again, even if a re-hold failed.
+            if lots:
+                await self.store.run(self.store.record_reagent_lots, lots)
+
+    async def _feed(
+        self, result: Result, received_at: datetime, lis: str, message_id: str, lots: list[LotSeen]
+    ) -> None:
+        assert self.qc is not None
+        test = result.lis_code or result.test_code
+        at = result.measured_at or received_at
+        if not result.is_qc:
+            if self.qc.add_patient(result.instrument, test, at, result.reagent_lot):
                 log.warning(
-                    "qc_rejected_results_held",
-                    instrument=point.instrument,
-                    test=point.test,
-                    results=rehold.results,
-                    corrections=rehold.corrections,
+                    "qc_new_reagent_lot",
+                    instrument=result.instrument,
+                    test=test,
+                    reagent_lot=result.reagent_lot,
                 )
-                if rehold.corrections and self._on_change is not None:
-                    self._on_change()
+                lots.append(LotSeen(message_id, result.instrument, test, result.reagent_lot, at,
+                                    is_qc=False))  # fmt: skip
+            return
+        if result.numeric is None:
+            return
+        point = QcPoint(
+            instrument=result.instrument,
+            test=test,
+            level=result.qc_level,
+            lot=result.qc_lot,
+            value=result.numeric,
+            at=at,
+            reagent_lot=result.reagent_lot,
+        )
+        if result.reagent_lot:
+            lots.append(LotSeen(message_id, result.instrument, test, result.reagent_lot, at,
+                                is_qc=True, level=result.qc_level))  # fmt: skip
+        outcome = self.qc.add_qc(point)
+        evaluation = outcome.evaluation
+        log.info(
+            "qc_evaluated",
+            instrument=point.instrument,
+            test=point.test,
+            level=point.level,
+            lot=point.lot,
+            reagent_lot=point.reagent_lot or None,
+            z=str(evaluation.z) if evaluation.z is not None else None,
+            violations=list(evaluation.violations),
+            rejected=evaluation.rejected,
+        )
+        if not outcome.rehold:
+            return
+        rehold = await self.store.run(
+            self.store.rehold_for_qc,
+            point.instrument,
+            point.test,
+            outcome.rehold_since,
+            # Up to the next accepted run, or, none yet, to everything stored so far
+            # (later results are held when they are decided).
+            outcome.rehold_until or max(point.at, received_at),
+            lis,
+            ",".join(evaluation.violations),
+        )
+        log.warning(
+            "qc_rejected_results_held",
+            instrument=point.instrument,
+            test=point.test,
+            results=rehold.results,
+            corrections=rehold.corrections,
+        )
+        if rehold.corrections and self._on_change is not None:
+            self._on_change()

@@ -139,7 +139,7 @@ class Hl7Session(AnalyserSession):
                 self.health.count(name, "errors")
                 log.error("store_unavailable", error=str(exc))
                 return build_ack(message, "AR", _control_id(), now, text="not stored, send again")
-            await self.validation.qc_stored(incoming.reports, now, self.lis)
+            await self.validation.qc_stored(incoming.reports, now, self.lis, message_id)
             results = sum(len(report.results) for report in reports)
             self.health.count(name, "received")
             self.health.count(name, "stored", results)

@@ -16,6 +16,9 @@ layer around `protocols.poct1a.HostConversation`; its rules:
   arrive from it are quarantined by the pipeline (`device_blocked`).
 - A device found locked when it connects is unlocked only if labgate locked it (since the
   daemon started): a lock the device set itself (a QC lockout, say) is not labgate's to lift.
+- Where the lock stands (asked, acknowledged), the device's last status and the operator list
+  it was given are on its connection's health (`DeviceState`): `/api/health` and the
+  dashboard show a block taking hold on the device at once.
 - Every device message that is not results (HEL, DST, events) and every message labgate sends
   on its own (directives, operator lists, requests, END) is kept in the trace, with the
   device's answers; a refused message is kept with why.
@@ -34,6 +37,7 @@ import structlog
 
 from drivers.poct1a import operator_refusal, reports_from_poct1a
 from middleware.config.settings import Poct1aInstrumentSettings
+from middleware.health import DeviceState
 from middleware.sessions.services import AnalyserSession, SessionServices
 from middleware.store import StoreUnavailable
 from protocols import poct1a
@@ -74,9 +78,15 @@ class Poct1aSession(AnalyserSession):
         self.certified: dict[str, date | None] = {
             operator.id: operator.valid_until for operator in settings.operators
         }
-        #: labgate locked the device (its LOCK was acknowledged) and has not unlocked it since:
+        #: What the lab sees of the device (on its connection's health). `device.locked`:
+        #: labgate locked the device (its LOCK was acknowledged) and has not unlocked it since,
         #: kept across reconnections, not across restarts of the daemon.
-        self.locked_by_labgate = False
+        self.device = DeviceState(blocked=lambda: self.blocked)
+        services.health.attach_device(settings.name, self.device)
+
+    @property
+    def locked_by_labgate(self) -> bool:
+        return self.device.locked
 
     @property
     def blocked(self) -> bool:
@@ -230,6 +240,7 @@ class _Conversation:
             software=hello.sw_version or None,
         )
         await self._trace("poct1a_hello", event.raw, self.device_id)
+        session.device.device_id = self.device_id
         if not first:
             return
         now = self.loop.time()
@@ -243,6 +254,11 @@ class _Conversation:
             if not operators:
                 log.warning("operator_list_empty", hint="no operator is certified today")
             self.core.send_operator_list(operators, now)
+            device = session.device
+            device.operators = len(operators)
+            device.operators_version = _list_version(operators)
+            device.operators_state = "queued"
+            device.operators_at = datetime.now(UTC)
 
     async def _on_status(self, event: poct1a.StatusReceived) -> None:
         status = event.status
@@ -257,6 +273,10 @@ class _Conversation:
             event.raw,
             f"condition={status.condition or '?'} new_observations={status.new_observations}",
         )
+        device = self.session.device
+        device.condition = status.condition
+        device.device_locked = status.locked
+        device.status_at = datetime.now(UTC)
         if self.status_seen:
             return
         self.status_seen = True
@@ -279,6 +299,7 @@ class _Conversation:
             kind, detail = "poct1a_directive", message.command
         elif isinstance(message, poct1a.OperatorList):
             kind, detail = "poct1a_operators", f"{len(message.operators)} operator(s)"
+            self._operators("sent")
         elif isinstance(message, poct1a.Request):
             kind, detail = "poct1a_request", message.request
         elif isinstance(message, poct1a.End):
@@ -295,18 +316,35 @@ class _Conversation:
             poct1a.LOCK,
             poct1a.UNLOCK,
         )
+        # The device installs a complete list at the EOT that closes it (OPL topic).
+        operators = isinstance(message, poct1a.OperatorList) or (
+            isinstance(message, poct1a.EndOfTopic) and message.topic == "OPL"
+        )
         if isinstance(event, poct1a.HostMessageAccepted):
             await self._trace("poct1a_answer", event.raw, f"{what} accepted")
             if lock:
-                self.session.locked_by_labgate = what == poct1a.LOCK
-                log.info("device_locked" if self.session.locked_by_labgate else "device_unlocked")
+                device = self.session.device
+                device.locked = what == poct1a.LOCK
+                device.lock_changed_at = datetime.now(UTC)
+                log.info("device_locked" if device.locked else "device_unlocked")
+            elif isinstance(message, poct1a.EndOfTopic) and operators:
+                self._operators("accepted")
             return
         await self._trace("poct1a_answer", event.raw, f"{what} refused: {event.reason}")
         self._error()
         log.warning("device_refused_message", message=what, reason=event.reason)
+        if operators:
+            self._operators("refused")
         if lock:
             self.lock_asked = None  # ask again, after a pause
             self.lock_retry_at = self.loop.time() + _DIRECTIVE_RETRY
+
+    def _operators(self, state: str) -> None:
+        """Where the operator list stands on the device (a refusal stays until the next list)."""
+        device = self.session.device
+        if device.operators_state != "refused" or state == "queued":
+            device.operators_state = state
+            device.operators_at = datetime.now(UTC)
 
     # --- results ------------------------------------------------------------------------
 
@@ -374,7 +412,9 @@ class _Conversation:
                 self._not_stored()
                 return
             self.core.acknowledge(event.control_id, self.loop.time())
-            await session.validation.qc_stored(incoming.reports, received_at, session.lis)
+            await session.validation.qc_stored(
+                incoming.reports, received_at, session.lis, message_id
+            )
             results = sum(len(report.results) for report in reports)
             session.health.count(name, "received")
             session.health.count(name, "stored", results)
@@ -437,6 +477,16 @@ class _Conversation:
             )
         except StoreUnavailable as exc:
             log.error("store_unavailable", error=str(exc))
+
+
+def _list_version(operators: list[poct1a.Operator]) -> str:
+    """A short digest of an operator list: it changes exactly when what the device holds would
+    (who, and until when), so two gateways or two days can be compared at a glance."""
+    text = "\n".join(
+        f"{o.operator_id}\t{o.name}\t{o.expiration_date}"
+        for o in sorted(operators, key=lambda o: o.operator_id)
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 def _content_digest(message: poct1a.Observations) -> str:

@@ -1,6 +1,11 @@
 """The QC side of the store: the QC history the Westgard rules need at start-up, and the
 re-holding of patient results that a late QC rejection puts in doubt.
 
+At start-up the QC monitor also reads back what it counts (`qc_plan.py`): the patient results
+stored since the newest accepted run (`patient_times`), and the reagent lots (`reagent_lots`
+table) of QC runs and of patient results measured on a lot no QC had covered
+(`record_reagent_lots`, `new_lot_results`).
+
 AUTOVERIFICATION.md §3 "On rejection": every patient result of that instrument and test since
 the last accepted QC run is held. A result still waiting in the outbox simply leaves with its
 new decision (its message is built when it is sent). One that already reached the LIS, or whose
@@ -10,18 +15,19 @@ et remplace", GBUI VI) so the LIS never keeps an auto-validation labgate has wit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from middleware.store.ids import new_control_id
-from middleware.store.tables import AuditRow, MessageRow, OutboxRow, ResultRow
+from middleware.store.tables import AuditRow, MessageRow, OutboxRow, ReagentLotRow, ResultRow
 from middleware.store.times import utc
 
-__all__ = ["QcHistoryPoint", "QcStore", "Rehold"]
+__all__ = ["LotSeen", "QcHistoryPoint", "QcStore", "Rehold"]
 
 QC_FAILED = "qc_failed"
 
@@ -40,6 +46,20 @@ class QcHistoryPoint:
     lot: str
     value: Decimal
     at: datetime
+    reagent_lot: str = ""  # the reagent lot it was measured on (not the control's `lot`)
+
+
+@dataclass(frozen=True, slots=True)
+class LotSeen:
+    """One result on a named reagent lot, as the `reagent_lots` table keeps it."""
+
+    message_id: str
+    instrument: str
+    test: str
+    reagent_lot: str
+    at: datetime
+    is_qc: bool
+    level: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +76,24 @@ class QcStore:
     _sessions: sessionmaker[Session]
 
     def qc_history(self, since: datetime) -> list[QcHistoryPoint]:
-        """Numeric QC results measured (or received) since `since`, oldest first."""
+        """Numeric QC results measured (or received) since `since`, oldest first, each with the
+        reagent lot it was measured on when one was recorded."""
+        lower = since - _OPEN_BRACKET_LOOKBACK
         with self._sessions() as session:
+            lots = {
+                (message_id, test, level): lot
+                for message_id, test, level, lot in session.execute(
+                    select(
+                        ReagentLotRow.message_id,
+                        ReagentLotRow.test,
+                        ReagentLotRow.level,
+                        ReagentLotRow.reagent_lot,
+                    ).where(ReagentLotRow.is_qc.is_(True), ReagentLotRow.at >= lower)
+                )
+            }
             rows = session.execute(
                 select(
+                    ResultRow.message_id,
                     ResultRow.instrument,
                     ResultRow.lis_code,
                     ResultRow.test_code,
@@ -73,12 +107,12 @@ class QcStore:
                 .where(
                     ResultRow.is_qc.is_(True),
                     ResultRow.numeric.is_not(None),
-                    MessageRow.received_at >= since - _OPEN_BRACKET_LOOKBACK,
+                    MessageRow.received_at >= lower,
                 )
                 .order_by(ResultRow.id)
             ).all()
         points = []
-        for instrument, lis_code, code, level, lot, numeric, measured, received in rows:
+        for message_id, instrument, lis_code, code, level, lot, numeric, measured, received in rows:
             at = utc(measured or received)
             if at is None or at < since:
                 continue
@@ -86,9 +120,79 @@ class QcStore:
                 value = Decimal(numeric or "")
             except (InvalidOperation, TypeError):
                 continue
-            points.append(QcHistoryPoint(instrument, lis_code or code, level, lot, value, at))
+            test = lis_code or code
+            reagent = lots.get((message_id, test, level), "")
+            points.append(QcHistoryPoint(instrument, test, level, lot, value, at, reagent))
         points.sort(key=lambda point: point.at)
         return points
+
+    def patient_times(
+        self, instrument: str, test: str, after: datetime, limit: int
+    ) -> list[datetime]:
+        """The times of the patient results of `instrument` and `test` measured (or received)
+        after `after`, whatever their decision, oldest first: what the QC monitor counts against
+        its `results` limit since the newest accepted run. Beyond 2 x `limit`, only the first
+        and the last `limit` (all the monitor keeps, `QcMonitor.count_patient`)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(ResultRow.measured_at, MessageRow.received_at)
+                .join(MessageRow, MessageRow.message_id == ResultRow.message_id)
+                .where(
+                    ResultRow.instrument == instrument,
+                    ResultRow.is_qc.is_(False),
+                    (ResultRow.lis_code == test)
+                    | ((ResultRow.lis_code == "") & (ResultRow.test_code == test)),
+                    MessageRow.received_at > after - _OPEN_BRACKET_LOOKBACK,
+                )
+            ).all()
+        times = sorted(
+            at for measured, received in rows if (at := utc(measured or received)) and at > after
+        )
+        return times if len(times) <= 2 * limit else times[:limit] + times[-limit:]
+
+    def record_reagent_lots(self, seen: Sequence[LotSeen]) -> None:
+        """Keep the reagent lots of results just stored (see `ReagentLotRow`)."""
+        if not seen:
+            return
+        with self._sessions.begin() as session:
+            session.execute(
+                insert(ReagentLotRow),
+                [
+                    {
+                        "message_id": lot.message_id,
+                        "instrument": lot.instrument,
+                        "test": lot.test,
+                        "reagent_lot": lot.reagent_lot,
+                        "is_qc": lot.is_qc,
+                        "level": lot.level,
+                        "at": lot.at,
+                    }
+                    for lot in seen
+                ],
+            )
+
+    def new_lot_results(self, since: datetime) -> list[LotSeen]:
+        """Patient results measured since `since` on a reagent lot no accepted QC run covered
+        when they were stored, oldest first."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(ReagentLotRow)
+                .where(ReagentLotRow.is_qc.is_(False), ReagentLotRow.at >= since)
+                .order_by(ReagentLotRow.id)
+            ).all()
+            found = [
+                LotSeen(
+                    row.message_id,
+                    row.instrument,
+                    row.test,
+                    row.reagent_lot,
+                    utc(row.at) or since,
+                    is_qc=False,
+                )
+                for row in rows
+            ]
+        found.sort(key=lambda lot: lot.at)
+        return found
 
     def rehold_for_qc(
         self,

@@ -33,6 +33,7 @@ __all__ = [
     "MessageRow",
     "OrderRow",
     "OutboxRow",
+    "ReagentLotRow",
     "ResultRow",
     "RuleSetVersionRow",
     "SpecimenRow",
@@ -330,3 +331,22 @@ class AlarmRow(Base):
     comment: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_alarms_open", "kind", "subject", "cleared_at"),)
+
+
+class ReagentLotRow(Base):
+    """A reagent lot (test strips, cartridge, gel card) as the QC monitor must find it again
+    after a restart: one row per stored QC result measured on a named lot (its run qualifies
+    the lot once the Westgard rules accept it), and one per stored patient result measured on a
+    lot no accepted QC run covered yet (`qc_new_lot`). Written after the result's own commit,
+    by the same code that feeds the monitor; the lot also stays in the raw message."""
+
+    __tablename__ = "reagent_lots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(36), index=True)
+    instrument: Mapped[str] = mapped_column(String(64))
+    test: Mapped[str] = mapped_column(String(64))  # the LIS code, else the analyser's
+    reagent_lot: Mapped[str] = mapped_column(String(64))
+    is_qc: Mapped[bool] = mapped_column(Boolean)
+    level: Mapped[str] = mapped_column(String(32))  # the control's level; "" for a patient
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

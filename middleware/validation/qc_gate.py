@@ -19,6 +19,14 @@ the DESIGN.md reasons:
   run at or before the result is older than it (strictly: exactly the interval is still in
   time), or there is no accepted run at all.
 
+Two more QC reasons depend on the patient results already seen, which the gate does not keep;
+`QcMonitor` gives them (`qc_plan.py` says how they are configured):
+
+- `qc_overdue` also when the plan allows at most N patient results between accepted runs and N
+  were already stored since the last accepted run at or before the result;
+- `qc_new_lot` — the result carries a reagent lot on which no accepted QC run lies at or before
+  it.
+
 Pure and deterministic: the runs are passed in, the gate is immutable (`with_run` returns a new
 gate), and times come from the caller.
 """
@@ -34,6 +42,7 @@ __all__ = ["DecidedResult", "QcGate", "QcRun", "newly_held"]
 
 QC_FAILED = "qc_failed"
 QC_OVERDUE = "qc_overdue"
+QC_NEW_LOT = "qc_new_lot"
 
 
 @dataclass(frozen=True, slots=True)

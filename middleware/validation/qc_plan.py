@@ -12,11 +12,27 @@ westgard:
   across_runs: true                           # ... and across runs (westgard.py docstring)
   run_window_minutes: 10                      # controls without a run id this close = one run
 overdue_hours: 24                             # default QC interval; absent = no overdue check
-intervals:                                    # per instrument and test, overriding the default
+overdue_results: 100                          # default: at most 100 patient results per QC
+new_lot_qc: false                             # default: no QC asked of each new reagent lot
+intervals:                                    # per instrument and test, overriding the defaults
   - {instrument: cobas1, test: GLU, hours: 8}
+  - {instrument: glu-ward-3, test: GLU, results: 50, new_lot_qc: true}
 targets:                                      # one per instrument, test, lot and level
   - {instrument: cobas1, test: GLU, lot: "L123", level: "1", mean: 5.5, sd: 0.2}
 ```
+
+QC is due by time (`hours`) or by count (`results`), whichever comes first: CLSI C24 sets QC
+frequency by time or by number of patient samples, and POC meters lock out on either (the
+Accu-Chek Inform II "strip count", default 50 tests per passing QC; HemoCue's QC reminder by
+time or test count: AUTOVERIFICATION.md §5). `results` counts the patient results of that
+instrument and test stored since the last accepted QC run, whatever their decision.
+
+`new_lot_qc` asks for an accepted QC run on each new *reagent* lot (test strips, cartridge, gel
+card: `Result.reagent_lot`, as the driver reads it) before patient results on it are released
+(cobas h 232 "new-lot lockout", CoaguChek XS Plus "QC on every new strip lot", §5). It is not
+the control material's lot (`lot` of the targets, `Result.qc_lot`). Switch it on only for
+instruments whose QC results carry the reagent lot too (POCT1-A RGT; the Ortho VISION card
+lot): otherwise no lot ever has QC and every patient result with a lot is held.
 
 A lot must be written as text (in quotes when it looks like a number): YAML reads `007` as the
 number 7, and a lot that silently lost its zeros would match no control. A level may be written
@@ -30,9 +46,9 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from middleware.config.loader import read_text_file, validate_yaml
 from middleware.validation.westgard import QcTarget, TargetKey, WestgardConfig
@@ -90,11 +106,21 @@ class WestgardSettings(_Model):
 
 
 class IntervalOverride(_Model):
-    """The longest time allowed between accepted QC runs for one instrument and test."""
+    """QC frequency for one instrument and test: the longest time allowed between accepted QC
+    runs (`hours`), the most patient results between them (`results`), whether a new reagent
+    lot needs its own QC (`new_lot_qc`). What is left out follows the plan's defaults."""
 
     instrument: Name
     test: Name
-    hours: Decimal = Field(gt=0)
+    hours: Decimal | None = Field(default=None, gt=0)
+    results: int | None = Field(default=None, ge=1)
+    new_lot_qc: bool | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Self:
+        if self.hours is None and self.results is None and self.new_lot_qc is None:
+            raise ValueError("give hours, results or new_lot_qc")
+        return self
 
 
 class TargetEntry(_Model):
@@ -122,6 +148,8 @@ class QcPlan(_Model):
 
     westgard: WestgardSettings = WestgardSettings()
     overdue_hours: Decimal | None = Field(default=None, gt=0)
+    overdue_results: int | None = Field(default=None, ge=1)
+    new_lot_qc: bool = False
     intervals: tuple[IntervalOverride, ...] = ()
     targets: tuple[TargetEntry, ...] = ()
 
@@ -176,16 +204,47 @@ class QcPlan(_Model):
     def intervals_map(self) -> Mapping[tuple[str, str], timedelta]:
         """(instrument, test) -> interval, for the overrides only (as `QcGate.overdue_after`)."""
         return MappingProxyType(
-            {(entry.instrument, entry.test): _hours(entry.hours) for entry in self.intervals}
+            {
+                (entry.instrument, entry.test): _hours(entry.hours)
+                for entry in self.intervals
+                if entry.hours is not None
+            }
         )
 
     def interval_for(self, instrument: str, test: str) -> timedelta | None:
         """The longest time allowed since the last accepted run of this instrument and test
         (its override, else `overdue_hours`); None: it is never overdue."""
-        for entry in self.intervals:
-            if entry.instrument == instrument and entry.test == test:
-                return _hours(entry.hours)
-        return self.default_interval()
+        return self.intervals_map().get((instrument, test), self.default_interval())
+
+    def run_limits_map(self) -> Mapping[tuple[str, str], int]:
+        """(instrument, test) -> most patient results between accepted runs, overrides only."""
+        return MappingProxyType(
+            {
+                (entry.instrument, entry.test): entry.results
+                for entry in self.intervals
+                if entry.results is not None
+            }
+        )
+
+    def run_limit_for(self, instrument: str, test: str) -> int | None:
+        """The most patient results allowed since the last accepted run of this instrument and
+        test (its override, else `overdue_results`); None: no count is kept."""
+        return self.run_limits_map().get((instrument, test), self.overdue_results)
+
+    def new_lot_map(self) -> Mapping[tuple[str, str], bool]:
+        """(instrument, test) -> whether a new reagent lot needs QC, overrides only."""
+        return MappingProxyType(
+            {
+                (entry.instrument, entry.test): entry.new_lot_qc
+                for entry in self.intervals
+                if entry.new_lot_qc is not None
+            }
+        )
+
+    def new_lot_qc_for(self, instrument: str, test: str) -> bool:
+        """Whether patient results of this instrument and test on a reagent lot without an
+        accepted QC run are held (`qc_new_lot`)."""
+        return self.new_lot_map().get((instrument, test), self.new_lot_qc)
 
 
 def load_qc_plan_text(text: str, source: str = "<qc plan>") -> QcPlan:

@@ -7,8 +7,8 @@ Input: events in time order, from JSON lines (`read_events`) or from the store
   "instrument", "origin", "indices"}`: a patient result. Optional: `numeric` and `comparator`
   (the driver's parse of `value`, as the store keeps it; without them `value` is parsed here),
   `normalized_flags`. A time without an offset is taken as UTC.
-- `{"kind": "qc", "instrument", "test", "level", "lot", "value", "at"}` (optional `run_id`): a
-  control result.
+- `{"kind": "qc", "instrument", "test", "level", "lot", "value", "at"}` (optional `run_id`,
+  `reagent_lot`): a control result. A patient result may name its `reagent_lot` too.
 
 Output: one `{"id", "decision", "reasons"}` per result, in input order. The patient's previous
 result for a test feeds the delta check: the latest from another specimen (a rerun on the same
@@ -17,10 +17,11 @@ The results already seen for the same specimen feed the biologists' consistency 
 that is not a finite number ("NaN", "Infinity") is `non_numeric`.
 
 **QC.** With a QC plan, each control is judged by the Westgard rules (`QcMonitor`, the same
-object the daemon uses) and each result gets the QC gate's reasons (`qc_failed`, `qc_overdue`)
-for its instrument and test at its time, first among its reasons as the live pipeline puts
-them. A result is decided at its own time, with the controls seen so far. When a later control
-rejects its run, the daemon holds again the results of that instrument and test measured since
+object the daemon uses) and each result gets the QC gate's reasons (`qc_failed`, `qc_overdue`,
+`qc_new_lot`) for its instrument, test and reagent lot at its time, first among its reasons as
+the live pipeline puts them; each patient result then counts against the plan's `results`. A
+result is decided at its own time, with the controls seen so far. When a later control rejects
+its run, the daemon holds again the results of that instrument and test measured since
 the last accepted run and up to the rejection; the replay does the same and says so with one
 more line per result it holds again, after the control's place in the input:
 `{"id", "decision": "held", "reasons": [..., "qc_failed"], "reheld_by_qc": true}` (reasons as
@@ -296,9 +297,12 @@ class _Replayer:
         instrument = ""
         if monitor is not None:
             instrument = str(event.get("instrument", ""))
-            qc = monitor.reasons_for(instrument, code, at)
+            lot = str(event.get("reagent_lot") or "")
+            qc = monitor.reasons_for(instrument, code, at, lot)
             if qc:
                 reasons = [*qc, *reasons]
+            # Counted once decided, as the daemon counts what it stored (QcPlan `results`).
+            monitor.add_patient(instrument, code, at, lot)
         decision, found = decide(reasons, delta)
 
         stats = self.stats
@@ -514,6 +518,7 @@ def _qc_point(event: Mapping[str, Any]) -> QcPoint:
             value=value,
             at=_time(event["at"]),
             run_id=str(event.get("run_id") or ""),
+            reagent_lot=str(event.get("reagent_lot") or ""),
         )
     except KeyError as exc:
         raise ReplayError(f"line {line}: QC line without {exc!s}") from None

@@ -50,7 +50,7 @@ DEFAULT_ALLOWED_FLAGS = ("N", "L", "H", "LL", "HH", "A")
 #: The reason vocabulary of DESIGN.md ("Decisions and reasons"); `rule:<name>` is added per rule.
 REASONS = frozenset(
     {
-        "instrument_flag", "qc_failed", "qc_overdue", "critical_value",
+        "instrument_flag", "qc_failed", "qc_overdue", "qc_new_lot", "critical_value",
         "outside_autoverify_range", "outside_reportable_range", "delta_exceeded",
         "non_numeric", "specimen_index", "unit_mismatch", "no_rule",
         "autovalidation_disabled", "biologist_disabled", "device_blocked",

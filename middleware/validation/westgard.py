@@ -97,7 +97,12 @@ class QcTarget:
 
 @dataclass(frozen=True, slots=True)
 class QcPoint:
-    """One control measurement. `run_id` "" = unknown: runs are then grouped by time."""
+    """One control measurement. `run_id` "" = unknown: runs are then grouped by time.
+
+    `lot` is the control material's lot (its targets are per lot); `reagent_lot` the lot of the
+    reagent the control was measured with (test strips, cartridge), "" when the analyser does
+    not say. The rules here never read `reagent_lot`: the QC monitor does, to know which
+    reagent lots have had an accepted QC run (`QcPlan.new_lot_qc`)."""
 
     instrument: str
     test: str
@@ -106,6 +111,7 @@ class QcPoint:
     value: Decimal | float
     at: datetime
     run_id: str = ""
+    reagent_lot: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -320,6 +320,37 @@ def test_ortho_well_reactions_become_comments() -> None:
     )
 
 
+def test_ortho_card_lot_is_the_reagent_lot_of_patient_and_qc_results() -> None:
+    """Lines as in the VISION capture (corpus astm-ortho-vision-1.txt), the QC specimen marked
+    by O-12 Q as the profile reads it."""
+    card = "ABO-Rh/Reverse^{well}^000009^{lot}^20231022235959^g.jpg^c.jpg"
+    [patient, control] = reports(
+        "ortho-vision",
+        "P|1|PID123456",
+        "O|1|SID101||ABO-D|N|20240307151207|||||||||CENTBLOOD",
+        "R|1|ABO|A|||||F||Automatic||20240307151236|JNumber",
+        f"M|1|Anti-A|{card.format(well=1, lot='77777')}||40^A",
+        f"M|2|Ctrl|{card.format(well=4, lot='77778')}||0^A",  # a second card: first lot kept
+        "O|2|QC-LOW||ABO-D|N|20240307151300|||||Q",
+        "R|1|ABO|O|||||F||Automatic||20240307151336|JNumber",
+        f"M|1|Anti-A|{card.format(well=1, lot='77777')}||0^A",
+    )
+    assert [r.reagent_lot for r in patient.results] == ["77777"]
+    assert control.is_qc and [r.reagent_lot for r in control.results] == ["77777"]
+    assert patient.results[0].comments[1].endswith("lot 77778)")  # each well keeps its own
+
+
+def test_a_profile_says_where_the_reagent_lot_is() -> None:
+    on_result = make(result={"reagent_lot": "R-3.6"})
+    assert one_result(on_result, "R|1|^^^GLU^^RL-0912|5.1").reagent_lot == "RL-0912"
+    assert one_result(make(), "R|1|^^^GLU^^RL-0912|5.1").reagent_lot == ""  # not said: none
+    on_order = make(result={"reagent_lot": "O-16.2"})
+    [report] = reports(on_order, "P|1", "O|1|S1||^^^GLU|||||||||||SER^RL-7", "R|1|^^^GLU|5")
+    assert report.results[0].reagent_lot == "RL-7"
+    with pytest.raises(ValueError, match="the reagent lot must be read from R/O records"):
+        make(result={"reagent_lot": "P-3"})
+
+
 def test_records_the_engine_does_not_know_go_to_the_hook_and_are_otherwise_ignored() -> None:
     [report] = reports(make(), "P|1", "O|1|S1", "R|1|^^^A|1", "M|1|x", "S|1|y", "Z|1")
     assert len(report.results) == 1

@@ -114,3 +114,53 @@ def test_operator_refusal() -> None:
     assert reason is not None and "without an operator id" in reason
     mixed = _message(_glucose(), _glucose(operator_id="OP9"))
     assert operator_refusal(mixed, certified, today) == "operator OP9 is not on the operator list"
+
+
+# A glucose meter's QC on a new box of strips, then a patient test on the same strips: the
+# control material's lot (CTC) and the strips' lot (RGT) are two different things.
+STRIP_QC = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<OBS.R02><HDR><HDR.message_type V="OBS.R02"/>'
+    b'<HDR.control_id V="10021"/><HDR.version_id V="POCT1"/>'
+    b'<HDR.creation_dttm V="2024-05-01T07:31:02+02:00"/></HDR>\n'
+    b' <SVC><SVC.role_cd V="LQC"/><SVC.observation_dttm V="2024-05-01T07:30:40+02:00"/>'
+    b'<SVC.status_cd V="NRM"/><SVC.reason_cd V="NEW"/><SVC.sequence_nbr V="412"/>\n'
+    b'  <CTC><CTC.name V="GLU CONTROL LOW"/><CTC.lot_number V="GC-L-0412"/>'
+    b'<CTC.expiration_date V="2024-11-30"/><CTC.level_cd V="1"/>\n'
+    b'   <OBS><OBS.observation_id V="14743-9" SN="LN"/><OBS.value V="2.9" U="mmol/L"/>'
+    b'<OBS.method_cd V="M"/><OBS.status_cd V="A"/></OBS></CTC>\n'
+    b'  <OPR><OPR.operator_id V="OP7"/></OPR>\n'
+    b'  <RGT><RGT.name V="GLU STRIPS"/><RGT.lot_number V="STRIP-2419"/>'
+    b'<RGT.expiration_date V="2025-03-31"/></RGT>\n'
+    b" </SVC>\n</OBS.R02>"
+)
+STRIP_PATIENT = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<OBS.R01><HDR><HDR.control_id V="10022"/>'
+    b'<HDR.version_id V="POCT1"/></HDR>\n'
+    b' <SVC><SVC.role_cd V="OBS"/><SVC.observation_dttm V="2024-05-01T07:42:10+02:00"/>'
+    b'<SVC.reason_cd V="NEW"/><SVC.sequence_nbr V="413"/>\n'
+    b'  <PT><PT.patient_id V="P123"/>\n'
+    b'   <OBS><OBS.observation_id V="14743-9" SN="LN"/><OBS.value V="6.4" U="mmol/L"/>'
+    b'<OBS.interpretation_cd V="H"/></OBS></PT>\n'
+    b'  <OPR><OPR.operator_id V="OP7"/></OPR>\n'
+    b'  <RGT><RGT.lot_number V="STRIP-2419"/><RGT.expiration_date V="2025-03-31"/></RGT>\n'
+    b" </SVC>\n</OBS.R01>"
+)
+
+
+def test_the_strip_lot_is_the_reagent_lot_and_the_control_lot_stays_apart() -> None:
+    qc_message = poct1a.decode(STRIP_QC)
+    patient_message = poct1a.decode(STRIP_PATIENT)
+    assert isinstance(qc_message, poct1a.Observations)
+    assert isinstance(patient_message, poct1a.Observations)
+    codes = {"14743-9": "GLU"}
+    ((qc,),) = (r.results for r in reports_from_poct1a(qc_message, "glu-1", test_codes=codes))
+    assert qc.is_qc and (qc.qc_level, qc.qc_lot, qc.reagent_lot) == ("1", "GC-L-0412", "STRIP-2419")
+    (report,) = reports_from_poct1a(patient_message, "glu-1", test_codes=codes)
+    (patient,) = report.results
+    assert not patient.is_qc
+    assert (patient.qc_lot, patient.reagent_lot) == ("", "STRIP-2419")
+
+
+def test_no_rgt_no_reagent_lot() -> None:
+    (report,) = reports_from_poct1a(_message(_glucose()), "glu-1")
+    assert report.results[0].reagent_lot == ""

@@ -79,6 +79,31 @@ def test_error_rate_backlog_rejections_quarantine_blocks_and_qc() -> None:
     assert set(conditions(deep, LIMITS)) == {("backlog", "lis")}
 
 
+def test_a_reagent_lot_without_qc_is_an_alarm_per_lot_whose_subject_names_the_device() -> None:
+    snapshot = Snapshot(
+        NOW, qc_new_lot=frozenset({("glu-1", "GLU", "STRIP-B"), ("glu-1", "GLU", "STRIP-C")})
+    )
+    found = conditions(snapshot, LIMITS)
+    detail = "reagent lot {} in use without an accepted QC run"
+    assert found == {
+        ("qc_new_lot", "glu-1:GLU:STRIP-B"): detail.format("STRIP-B"),
+        ("qc_new_lot", "glu-1:GLU:STRIP-C"): detail.format("STRIP-C"),
+    }
+    # `auto_block` reads the device before the first colon.
+    assert {subject.split(":", 1)[0] for _, subject in found} == {"glu-1"}
+
+
+def test_auto_block_takes_the_new_qc_alarm_kinds_and_refuses_others() -> None:
+    from pydantic import ValidationError
+
+    from middleware.config.settings import AlarmSettings
+
+    settings = AlarmSettings(auto_block={"glu-1": ("qc_overdue", "qc_new_lot")})
+    assert settings.auto_block["glu-1"] == ("qc_overdue", "qc_new_lot")
+    with pytest.raises(ValidationError, match="qc_new_lot"):
+        AlarmSettings(auto_block={"glu-1": ("qc_newlot",)})  # type: ignore[arg-type]
+
+
 @given(
     down=st.integers(min_value=0, max_value=200),
     errors=st.integers(min_value=0, max_value=20),

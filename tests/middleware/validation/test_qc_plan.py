@@ -26,11 +26,17 @@ def _problems(text: str) -> list[str]:
 def test_example_loads() -> None:
     plan = load_qc_plan(EXAMPLE)
     targets = plan.targets_map()
-    assert len(targets) == len(plan.targets) == 8
+    assert len(targets) == len(plan.targets) == 10
     assert targets[("cobas1", "GLU", "CC1-2611", "1")] == QcTarget(Decimal("5.5"), Decimal("0.15"))
     assert plan.westgard_config() == WestgardConfig()
     assert plan.interval_for("cobas1", "GLU") == timedelta(hours=8)
     assert plan.interval_for("cobas1", "NA") == timedelta(hours=24)
+    # The ward meter: by time (the default), by strip count, and on each new strip lot.
+    assert plan.interval_for("glu-ward-3", "GLU") == timedelta(hours=24)
+    assert plan.run_limit_for("glu-ward-3", "GLU") == 50
+    assert plan.new_lot_qc_for("glu-ward-3", "GLU") is True
+    assert plan.run_limit_for("cobas1", "GLU") is None
+    assert plan.new_lot_qc_for("cobas1", "GLU") is False
 
 
 def test_defaults_are_all_rules_and_no_overdue_check() -> None:
@@ -108,3 +114,28 @@ def test_missing_mean_and_negative_interval() -> None:
 def test_repeated_rule_is_refused() -> None:
     [problem] = _problems("westgard:\n  rules: [1-3s, 1-3s]\n")
     assert "rules listed twice: 1-3s" in problem
+
+
+def test_qc_frequency_by_count_and_new_lot_with_defaults_and_overrides() -> None:
+    plan = load_qc_plan_text(
+        "overdue_results: 200\nnew_lot_qc: true\nintervals:\n"
+        "  - {instrument: glu-1, test: GLU, results: 50}\n"
+        "  - {instrument: an1, test: K, hours: 4, new_lot_qc: false}\n"
+    )
+    assert plan.run_limit_for("glu-1", "GLU") == 50
+    assert plan.run_limit_for("an1", "K") == 200  # its override says nothing of the count
+    assert plan.interval_for("glu-1", "GLU") is None  # nor of the time
+    assert plan.intervals_map() == {("an1", "K"): timedelta(hours=4)}
+    assert plan.run_limits_map() == {("glu-1", "GLU"): 50}
+    assert (plan.new_lot_qc_for("glu-1", "GLU"), plan.new_lot_qc_for("an1", "K")) == (True, False)
+    assert QcPlan().run_limit_for("x", "y") is None and QcPlan().new_lot_qc_for("x", "y") is False
+
+
+def test_an_interval_entry_must_say_something_and_counts_are_positive() -> None:
+    problems = _problems(
+        "overdue_results: 0\nintervals:\n  - {instrument: an1, test: K}\n"
+        "  - {instrument: an1, test: NA, results: 2.5}\n"
+    )
+    assert problems[0] == "qc.yaml:1: overdue_results: Input should be greater than or equal to 1"
+    assert problems[1] == "qc.yaml:3: intervals[0]: give hours, results or new_lot_qc"
+    assert problems[2].startswith("qc.yaml:4: intervals[1].results: Input should be a valid int")

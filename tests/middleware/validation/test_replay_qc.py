@@ -184,3 +184,25 @@ def test_the_example_plan_replays() -> None:
         result("a", 2, instrument="cobas1"),
     ]
     assert _lines(events, plan)[0]["reasons"] == []
+
+
+def test_replay_counts_patient_results_and_checks_reagent_lots_as_the_daemon() -> None:
+    frequency = {"instrument": "an1", "test": "GLU", "results": 2, "new_lot_qc": True}
+    plan = QcPlan.model_validate({**PLAN.model_dump(), "intervals": [frequency]})
+    lines = _lines(
+        [
+            control(8, 5.0, reagent_lot="R1"),
+            result("1", 9, reagent_lot="R1"),
+            result("2", 10, reagent_lot="R2"),  # a new lot, no QC on it
+            result("3", 11, reagent_lot="R1"),  # the third since the run
+            control(12, 5.1, reagent_lot="R2"),
+            result("4", 13, reagent_lot="R2"),
+        ],
+        plan,
+    )
+    assert [(line["id"], line["reasons"]) for line in lines] == [
+        ("1", []),
+        ("2", ["qc_new_lot"]),
+        ("3", ["qc_overdue"]),
+        ("4", []),
+    ]
