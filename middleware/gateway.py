@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import uvicorn
 from middleware.alarms.center import AlarmCenter
 from middleware.config.loader import read_text_file
 from middleware.config.settings import (
+    ApiSettings,
     Hl7InstrumentSettings,
     InstrumentSettings,
     Poct1aInstrumentSettings,
@@ -71,6 +73,22 @@ class _ApiServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def]
         yield
+
+
+def _api_config(app: Any, api: ApiSettings) -> uvicorn.Config:
+    """uvicorn's settings for the API listener: HTTPS when `api.tls` is set (GBUI II-3, VII-2
+    1a), client certificates signed by `ca` required when the lab asks. uvicorn's context is
+    Python's TLS server default: TLS 1.2 or newer, as the MLLP listeners (`io/tls.py`)."""
+    config: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off"}
+    tls = api.tls
+    if tls is not None:
+        config.update(
+            ssl_certfile=tls.cert,
+            ssl_keyfile=tls.key,
+            ssl_ca_certs=tls.ca or None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE,
+        )
+    return uvicorn.Config(app, **config)
 
 
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -261,6 +279,8 @@ class Gateway:
         )
         servers: list[asyncio.Server] = []
         tasks: list[asyncio.Task[None]] = []
+        api: _ApiServer | None = None
+        api_socket: socket.socket | None = None
         try:
             lis = settings.lis
             self.health.add(
@@ -317,9 +337,7 @@ class Gateway:
                 log.info("lis_orders_listening", address=f"{bound[0]}:{bound[1]}")
             api_socket = socket.create_server((settings.api.host, settings.api.port))
             self.addresses["api"] = api_socket.getsockname()[:2]
-            api = _ApiServer(
-                uvicorn.Config(create_app(self), log_config=None, access_log=False, lifespan="off")
-            )
+            api = _ApiServer(_api_config(create_app(self), settings.api))
             tasks.append(
                 asyncio.create_task(_supervise("lis-sender", sender.run), name="lis-sender")
             )
@@ -332,7 +350,7 @@ class Gateway:
             log.info(
                 "gateway_started",
                 version=self.version,
-                api="http://{}:{}".format(*self.addresses["api"]),
+                api="{}://{}:{}".format(settings.api.scheme, *self.addresses["api"]),
             )
             await self._until_stopped(stop, tasks)
         finally:
@@ -341,11 +359,24 @@ class Gateway:
             log.info("gateway_stopping")
             for server in servers:
                 server.close()
+            if api is not None:
+                # uvicorn's own shutdown closes its listener; a cancelled serve() left it
+                # answering (with the store closed under it) until the process ended.
+                api.should_exit = True
             for name in list(self._instruments):
                 await self._stop_instrument(name)
             for task in tasks:
-                task.cancel()
+                if task.get_name() != "api":
+                    task.cancel()
+            api_task = next((t for t in tasks if t.get_name() == "api"), None)
+            if api_task is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await asyncio.wait([api_task])
+                api_task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if api_socket is not None:
+                api_socket.close()
             for server in servers:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(5):

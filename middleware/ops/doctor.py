@@ -420,10 +420,10 @@ def _connect(check: str, label: str, host: str, port: int, timeout: float) -> Fi
 def _probe_api(api: ApiSettings, timeout: float) -> tuple[str, dict[str, Any] | None]:
     """('labgate', health) when our daemon answers, ('other', None) when something else
     does, ('none', None) when nothing does."""
-    host = "127.0.0.1" if api.host in {"0.0.0.0", "", "::"} else api.host
-    url = f"http://{host}:{api.port}/api/health"
+    url = f"{api.local_url}/api/health"
     try:
-        response = httpx.get(url, timeout=timeout)
+        # Health only (no patient data, nothing sent): the certificate is not the question.
+        response = httpx.get(url, timeout=timeout, verify=api.tls is None)
     except httpx.HTTPError:
         return "none", None
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -74,8 +75,16 @@ def daemon_answering(api: ApiSettings, timeout: float = 2.0) -> str | None:
     """The API address when a labgate daemon answers there, else None."""
     if api.port == 0:
         return None
-    host = "127.0.0.1" if api.host in {"0.0.0.0", "", "::"} else api.host
-    url = f"http://{host}:{api.port}" if ":" not in host else f"http://[{host}]:{api.port}"
+    url = api.local_url
+    if api.tls is not None:
+        # Over TLS the handshake may be refused (a client certificate required) by a daemon
+        # that is running all the same: whatever accepts connections there counts.
+        host = "127.0.0.1" if api.host in {"0.0.0.0", "", "::"} else api.host
+        try:
+            socket.create_connection((host, api.port), timeout=timeout).close()
+        except OSError:
+            return None
+        return url
     try:
         httpx.get(f"{url}/api/health", timeout=timeout)
     except httpx.HTTPError:

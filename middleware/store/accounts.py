@@ -34,6 +34,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from middleware.store.qc import QcStore
 from middleware.store.tables import AuditRow, Base, ResultRow, SpecimenRow
 from middleware.store.times import utc
+from middleware.validation.indices import INDEX_CODES, indices_of
 
 __all__ = [
     "ROLES",
@@ -231,6 +232,53 @@ class AccountStore:
             row.password_hash, row.changed_at = digest, at
             _audit(session, at, author, "password_changed", f"user:{name}")
 
+    def change_own_password(
+        self,
+        name: str,
+        current: str,
+        new: str,
+        at: datetime,
+        keep_session: int,
+        max_failed: int = 3,
+    ) -> str:
+        """A signed-in person changes their own password, proving it with the current one.
+        "" when done: the account's other sessions are ended, `keep_session` (the one asking)
+        stays open. Else why not (`bad_credentials`, `locked`...): nothing changed.
+
+        A wrong current password counts as a failed attempt, like a wrong signature, and may
+        lock the account (GBUI II-3): otherwise whoever finds a session left open on a ward
+        workstation could try passwords on this form without limit, then own the account. A
+        lock ends every session, this one too. AccountError (nothing counted) when the new
+        password breaks the policy of `labgate user add` or repeats the current one."""
+        _check_password(new)
+        if new == current:
+            raise AccountError("the new password must differ from the current one")
+        digest = _hasher.hash(new)  # argon2 is slow on purpose: not inside the transaction
+        with self._sessions.begin() as session:
+            row, refused = self._verify(session, name, current, at, max_failed, "password_change")
+            if row is None:
+                return refused
+            row.password_hash, row.changed_at = digest, at
+            others = session.scalars(
+                select(SessionRow).where(
+                    SessionRow.user_id == row.id,
+                    SessionRow.is_open,
+                    SessionRow.id != keep_session,
+                )
+            ).all()
+            for other in others:
+                other.is_open, other.ended_at, other.ended_reason = False, at, "password_changed"
+            _audit(
+                session,
+                at,
+                row.name,
+                "password_changed",
+                f"user:{row.name}",
+                by="self",
+                sessions_ended=len(others),
+            )
+            return ""
+
     # --- logging in and signing ------------------------------------------------------------
 
     def login(
@@ -425,6 +473,8 @@ class ReviewStore:
                 statement = statement.where(ResultRow.id < before_id)
             if instrument:
                 statement = statement.where(ResultRow.instrument == instrument)
+            found = session.execute(statement).all()
+            indices = self._specimen_indices(session, {row.specimen_row_id for row, *_ in found})
             return [
                 {
                     "id": row.id,
@@ -442,6 +492,12 @@ class ReviewStore:
                     "flags": list(row.flags or []),
                     "normalized_flags": list(row.normalized_flags or []),
                     "comments": list(row.comments or []),
+                    "dilution": row.dilution or "",
+                    "rerun": bool(row.rerun),
+                    # The specimen's H/I/L (validation/indices.py), apart from the reasons: a
+                    # `specimen_index` reason says a limit was passed, these say by how much.
+                    # GBUI IV-3: the specimen's aspect is among what the reviewer must see.
+                    "indices": indices.get(row.specimen_row_id, {}),
                     "measured_at": _iso(row.measured_at),
                     "decision": row.decision,
                     "reasons": list(row.reasons or []),
@@ -454,8 +510,32 @@ class ReviewStore:
                     "delta": _delta(row.numeric, row.previous_value),
                     "delivered_at": _iso(row.delivered_at),
                 }
-                for row, patient_id, origin, location in session.execute(statement)
+                for row, patient_id, origin, location in found
             ]
+
+    @staticmethod
+    def _specimen_indices(
+        session: Session, specimen_row_ids: set[int]
+    ) -> dict[int, dict[str, str]]:
+        """specimen row id -> its serum indices, from the specimen's index results."""
+        if not specimen_row_ids:
+            return {}
+        codes = list(INDEX_CODES)
+        rows = session.execute(
+            select(
+                ResultRow.specimen_row_id, ResultRow.lis_code, ResultRow.test_code, ResultRow.value
+            )
+            .where(
+                ResultRow.specimen_row_id.in_(sorted(specimen_row_ids)),
+                func.upper(ResultRow.lis_code).in_(codes)
+                | func.upper(ResultRow.test_code).in_(codes),
+            )
+            .order_by(ResultRow.id)
+        ).all()
+        by_specimen: dict[int, list[tuple[str, str, str]]] = {}
+        for specimen_row_id, lis_code, test_code, value in rows:
+            by_specimen.setdefault(specimen_row_id, []).append((lis_code, test_code, value))
+        return {key: indices_of(results) for key, results in by_specimen.items()}
 
     def count_held(self) -> int:
         with self._sessions() as session:

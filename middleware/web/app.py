@@ -18,8 +18,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from middleware.web.account import account_router
 from middleware.web.api import api_router
 from middleware.web.pages import page_router, templates
+from middleware.web.qc_pages import qc_router
 from middleware.web.rule_editor import rule_editor_router
 from middleware.web.security import NotSignedIn
 
@@ -58,6 +60,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(api_router(gateway))
     app.include_router(page_router(gateway))
     app.include_router(rule_editor_router(gateway))
+    app.include_router(qc_router(gateway))
+    app.include_router(account_router(gateway))
 
     @app.exception_handler(NotSignedIn)
     async def not_signed_in(request: Request, _: Exception) -> Response:

@@ -1,7 +1,7 @@
 """Who is asking, and may they: console sessions, roles and CSRF (GBUI II-3).
 
 - The session cookie carries a random token (the store keeps only its SHA-256); it is HttpOnly,
-  SameSite=Strict, and Secure on HTTPS (or always, `console.secure_cookies`).
+  SameSite=Strict, and Secure on HTTPS (always with `api.tls` or `console.secure_cookies`).
 - A session idle longer than `console.idle_minutes` is ended (audited) at its next request.
 - Every request that changes something carries the session's CSRF token, in the
   `X-CSRF-Token` header (API) or the `csrf` form field (pages); SameSite=Strict is the
@@ -75,7 +75,12 @@ class Principal:
 
 
 def console_settings(gateway: Gateway) -> ConsoleSettings:
-    return getattr(gateway.settings, "console", None) or ConsoleSettings()
+    settings = getattr(gateway.settings, "console", None) or ConsoleSettings()
+    if getattr(gateway.settings.api, "tls", None) is not None and not settings.secure_cookies:
+        # The listener speaks only HTTPS: every cookie is Secure, whatever the request's
+        # scheme claims (a forwarded-proto header must not get a session cookie sent in clear).
+        settings = settings.model_copy(update={"secure_cookies": True})
+    return settings
 
 
 def now() -> datetime:

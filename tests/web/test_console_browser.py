@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from e2e.test_astm_transports import daemon, tcp_server_instrument
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -54,10 +55,19 @@ async def step(fn: Callable[..., T], *args: Any) -> T:
 
 def wait_until(driver: WebDriver, check: Callable[[WebDriver], bool], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
-    while not check(driver):
+    while not _holds(check, driver):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out on {driver.current_url}: {driver.page_source[:2000]}")
         time.sleep(0.1)
+
+
+def _holds(check: Callable[[WebDriver], bool], driver: WebDriver) -> bool:
+    """`check`, where an element the dashboard's live refresh replaced while it was being
+    read means "not yet" (it is found again on the next look)."""
+    try:
+        return check(driver)
+    except StaleElementReferenceException:
+        return False
 
 
 def log_in(driver: WebDriver, base: str, name: str, shot: Path | None = None) -> None:
