@@ -18,17 +18,26 @@ network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Literal, Protocol
 
 from drivers.models import Result, SpecimenReport
 from middleware.validation import delta as delta_check
+from middleware.validation.indices import index_name
 from middleware.validation.ruleset import RuleSet
 from middleware.validation.stages import SpecimenContext, decide, evaluate
 
-__all__ = ["Decision", "Pipeline", "QcStatus", "Switches", "decide_without_rules"]
+__all__ = [
+    "Decision",
+    "Pipeline",
+    "QcStatus",
+    "Switches",
+    "decide_without_rules",
+    "specimen_indices",
+]
 
 Decision = tuple[str, tuple[str, ...]]
 
@@ -54,6 +63,29 @@ class Switches:
         if biologist and biologist in self.disabled_biologists:
             reasons.append("biologist_disabled")
         return reasons
+
+
+_ABOVE_EVERY_LIMIT = Decimal("Infinity")
+
+
+def specimen_indices(results: Sequence[Result]) -> dict[str, Decimal]:
+    """The specimen's serum indices ("h", "i", "l") for the rule set's `specimen_indices`
+    limits, from its index results (`validation/indices.py` says which those are).
+
+    An index that cannot be compared with a limit — given as text ("++"), or as "> n" — counts
+    as above every limit: the results are held for the biologist rather than auto-validated
+    on an index nobody could read (fail closed, AUTOVERIFICATION.md §7)."""
+    found: dict[str, Decimal] = {}
+    for result in results:
+        name = index_name(result.lis_code, result.test_code)
+        if name is None or not result.value.strip():
+            continue
+        numeric = result.numeric
+        if numeric is not None and result.comparator in (None, "", "<", "<="):
+            found[name] = numeric
+        else:
+            found[name] = _ABOVE_EVERY_LIMIT
+    return found
 
 
 def decide_without_rules(result: Result) -> Decision:
@@ -102,10 +134,11 @@ class Pipeline:
         a measurement time the analyser did not give (for the QC gate)."""
         decisions: list[Decision] = []
         origin: Literal["lab", "poc"] = "poc" if report.extras.get("origin") == "poc" else "lab"
+        indices = specimen_indices(report.results)
         for result in report.results:
             others = tuple(r for r in report.results if r is not result)
             code = result.lis_code or result.test_code
-            context = SpecimenContext(others=others, origin=origin)
+            context = SpecimenContext(others=others, indices=indices, origin=origin)
             decisions.append(self.decide_result(result, context, previous.get(code), received_at))
         return decisions
 
