@@ -40,6 +40,7 @@ log = structlog.get_logger("labgate.validation")
 
 #: How far back the QC monitor's state is read at start-up.
 _QC_HISTORY = timedelta(days=7)
+_QC_PRUNE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,13 +232,20 @@ class LiveValidation:
         )
 
     async def watch(self, poll: float = 1.0) -> None:
-        """Reload whenever people change something; runs until cancelled."""
+        """Reload whenever people change something; runs until cancelled. Once an hour the QC
+        monitor forgets runs older than what it loads at start: kept forever, a year of
+        controls would sit in memory for results that never come that late."""
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time() + _QC_PRUNE_SECONDS
         while True:
             await asyncio.sleep(poll)
             try:
                 await self.reload()
             except StoreUnavailable as exc:
                 log.error("store_unavailable", error=str(exc))
+            if self.qc is not None and loop.time() >= next_prune:
+                next_prune = loop.time() + _QC_PRUNE_SECONDS
+                self.qc.prune(datetime.now(UTC) - _QC_HISTORY)
 
     async def decide(self, reports: Sequence[SpecimenReport], received_at: datetime) -> Decided:
         pipeline = self.pipeline
