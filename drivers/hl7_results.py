@@ -46,6 +46,7 @@ def _report(specimen: InboundSpecimen, instrument: str) -> SpecimenReport:
                 comments=tuple(observation.notes),
                 is_qc=specimen.is_qc,
                 normalized_flags=tuple(flag for flag in flags if flag in _NORMALISED),
+                reagent_lot=observation.reagent_lot,
             )
         )
     return SpecimenReport(

@@ -239,6 +239,9 @@ class InboundObservation:
     equipment: str
     notes: tuple[str, ...] = ()
     test_code: str = ""  # OBR-4.1 of the order group the OBX belongs to ("" = specimen OBX)
+    # SID-2 (substance lot number) of the first SID after the OBX: IHE LAW's OBX [TCD] {SID}
+    # names the reagent the test ran on, whose new lots the QC plan can hold (`new_lot_qc`).
+    reagent_lot: str = ""
 
     def structured_numeric(self) -> tuple[str, str, str, str] | None:
         """An ``SN`` value split into (comparator, num1, separator/suffix, num2).
@@ -391,6 +394,7 @@ def _observation(msg: ParsedMessage, obx: Any, test_code: str) -> dict[str, Any]
         "equipment": msg.get(obx, 18),
         "notes": (),
         "test_code": test_code,
+        "reagent_lot": "",
     }
 
 
@@ -472,6 +476,11 @@ def parse_results_message(message: bytes, *, default_encoding: str = "latin-1") 
                 last_obx["notes"] = (*last_obx["notes"], note_text(msg, segment))
             elif group is not None:
                 group.notes.append(note_text(msg, segment))
+            continue
+        if name in ("TCD", "SID") and last_obx is not None:
+            # Both still belong to the OBX before them (its NTEs may follow them).
+            if name == "SID" and not last_obx["reagent_lot"]:
+                last_obx["reagent_lot"] = msg.get(segment, 2).strip()
             continue
         last_obx = None
         if name == "PID":

@@ -213,3 +213,30 @@ def test_default_encoding_for_undeclared_non_utf8() -> None:
         parse_results_message(raw, default_encoding="no-such-codec")
     with pytest.raises(RemoteProtocolError, match="neither UTF-8 nor ascii"):
         parse_results_message(raw, default_encoding="ascii")
+
+
+def test_law_sid_after_an_obx_gives_its_reagent_lot() -> None:
+    """IHE LAW: OBX [TCD] {SID} {NTE}: SID-2 is the lot of the reagent the test ran on; the
+    NTE after a SID still belongs to the OBX, and an OBX without SID has no lot."""
+    message = (
+        b"MSH|^~\\&|ANALYSER|CHEMLAB|LIS|LAB|20240105103000+0100||OUL^R22^OUL_R22|M1|P|2.5.1\r"
+        b"PID|1||PAT123||DUPONT^JEAN\r"
+        b"SPM|1|SPEC-001||SER|||||||P\r"
+        b"OBR|1|SPEC-001||2345-7^Glucose^LN\r"
+        b"OBX|1|NM|2345-7^Glucose^LN||5.4|mmol/L|3.9-6.1|N|||F|||20240105102900+0100\r"
+        b"TCD|2345-7^Glucose^LN|1\r"
+        b"SID|GLU3^Glucose HK^99ROC|R-48213||Roche\r"
+        b"SID|DIL^Diluent^99ROC|D-777\r"
+        b"NTE|1||after the SID\r"
+        b"OBX|2|NM|2951-2^Sodium^LN||140|mmol/L|136-145|N|||F\r"
+    )
+    [specimen] = parse_results_message(message).specimens
+    glucose, sodium = specimen.observations
+    assert glucose.reagent_lot == "R-48213"  # the first SID: the test's own reagent
+    assert glucose.notes == ("after the SID",)
+    assert sodium.reagent_lot == ""
+
+    from drivers.hl7_results import reports_from_hl7
+
+    [report] = reports_from_hl7(parse_results_message(message), "chem-hl7")
+    assert [r.reagent_lot for r in report.results] == ["R-48213", ""]
