@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 
 from drivers.models import Result, SpecimenReport
 from middleware.validation import delta as delta_check
-from middleware.validation.indices import index_name
+from middleware.validation.indices import comparable_index, index_name
 from middleware.validation.ruleset import RuleSet
 from middleware.validation.stages import SpecimenContext, decide, evaluate
 
@@ -65,26 +65,15 @@ class Switches:
         return reasons
 
 
-_ABOVE_EVERY_LIMIT = Decimal("Infinity")
-
-
 def specimen_indices(results: Sequence[Result]) -> dict[str, Decimal]:
     """The specimen's serum indices ("h", "i", "l") for the rule set's `specimen_indices`
-    limits, from its index results (`validation/indices.py` says which those are).
-
-    An index that cannot be compared with a limit — given as text ("++"), or as "> n" — counts
-    as above every limit: the results are held for the biologist rather than auto-validated
-    on an index nobody could read (fail closed, AUTOVERIFICATION.md §7)."""
+    limits, from its index results (`validation/indices.py`: which results they are, and how
+    one that cannot be compared counts)."""
     found: dict[str, Decimal] = {}
     for result in results:
         name = index_name(result.lis_code, result.test_code)
-        if name is None or not result.value.strip():
-            continue
-        numeric = result.numeric
-        if numeric is not None and result.comparator in (None, "", "<", "<="):
-            found[name] = numeric
-        else:
-            found[name] = _ABOVE_EVERY_LIMIT
+        if name is not None and result.value.strip():
+            found[name] = comparable_index(result.numeric, result.comparator)
     return found
 
 

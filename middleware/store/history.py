@@ -8,8 +8,9 @@ read-only transactions, and the schema is neither created nor migrated.
 
 A result's time is its measurement time, or when its message was received if the analyser gave
 none (the daemon's QC gate does the same). Patient events carry the driver's parse of the value
-(`numeric`, `comparator`) and its normalised flags, exactly what the live pipeline decided on;
-specimen indices are not stored, so index limits cannot hold a replayed result. QC results
+(`numeric`, `comparator`) and its normalised flags, exactly what the live pipeline decided on,
+and the serum indices of its specimen (index results of their own, read as the live pipeline
+reads them). QC results
 without a numeric value cannot be judged by the Westgard rules and are left out.
 """
 
@@ -18,14 +19,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Connection, Engine, create_engine, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from middleware.store.tables import MessageRow, ResultRow, SpecimenRow
+from middleware.validation.indices import INDEX_CODES, comparable_index, index_name
 
 __all__ = ["HistoryError", "open_read_only", "read_history"]
 
@@ -95,6 +98,7 @@ def read_history(
             ResultRow.qc_lot,
             ResultRow.measured_at,
             MessageRow.received_at,
+            ResultRow.specimen_row_id,
         )
         .join(SpecimenRow, SpecimenRow.id == ResultRow.specimen_row_id)
         .join(MessageRow, MessageRow.message_id == ResultRow.message_id)
@@ -106,16 +110,60 @@ def read_history(
         query = query.where(at < until.astimezone(UTC))
     try:
         with engine.connect() as connection:
+            indices = _specimen_indices(connection, since, until)
             rows = connection.execution_options(yield_per=_BATCH).execute(query)
             for row in rows:
-                event = _event(row)
+                event = _event(row, indices.get(row.specimen_row_id))
                 if event is not None:
                     yield event
     except SQLAlchemyError as exc:
         raise HistoryError(f"cannot read the stored results: {exc.__cause__ or exc}") from None
 
 
-def _event(row: Any) -> dict[str, Any] | None:
+def _specimen_indices(
+    connection: Connection, since: datetime | None, until: datetime | None
+) -> dict[int, dict[str, str]]:
+    """The serum indices of the specimens measured in the window, by specimen row: read once
+    before the results (they are results of their own, `validation/indices.py`), as text the
+    replay reads as a number ("Infinity" for one that cannot be compared)."""
+    at = func.coalesce(ResultRow.measured_at, MessageRow.received_at)
+    codes = list(INDEX_CODES)
+    query = (
+        select(
+            ResultRow.specimen_row_id,
+            ResultRow.lis_code,
+            ResultRow.test_code,
+            ResultRow.value,
+            ResultRow.numeric,
+            ResultRow.comparator,
+        )
+        .join(MessageRow, MessageRow.message_id == ResultRow.message_id)
+        .where(
+            ResultRow.is_qc.is_(False),
+            or_(
+                func.upper(ResultRow.lis_code).in_(codes),
+                func.upper(ResultRow.test_code).in_(codes),
+            ),
+        )
+        .order_by(ResultRow.id)
+    )
+    if since is not None:
+        query = query.where(at >= since.astimezone(UTC))
+    if until is not None:
+        query = query.where(at < until.astimezone(UTC))
+    found: dict[int, dict[str, str]] = {}
+    for specimen_row_id, lis_code, test_code, value, numeric, comparator in connection.execute(
+        query
+    ):
+        name = index_name(lis_code or "", test_code or "")
+        if name is None or not (value or "").strip():
+            continue
+        number = Decimal(numeric) if numeric is not None else None
+        found.setdefault(specimen_row_id, {})[name] = str(comparable_index(number, comparator))
+    return found
+
+
+def _event(row: Any, indices: dict[str, str] | None = None) -> dict[str, Any] | None:
     moment = _utc(row.measured_at) or _utc(row.received_at)
     if moment is None:
         return None
@@ -148,4 +196,5 @@ def _event(row: Any) -> dict[str, Any] | None:
         "at": moment.isoformat(),
         "instrument": instrument,
         "origin": row.origin or "lab",
+        "indices": indices or {},
     }

@@ -15,9 +15,10 @@ Pure: (test code, value) pairs in, {"h"|"i"|"l": value} out, the keys the rule s
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from types import MappingProxyType
 
-__all__ = ["INDEX_CODES", "index_name", "indices_of"]
+__all__ = ["ABOVE_EVERY_LIMIT", "INDEX_CODES", "comparable_index", "index_name", "indices_of"]
 
 #: The LIS code of each serum index -> its key ("h", "i", "l").
 INDEX_CODES: Mapping[str, str] = MappingProxyType({"HIL-H": "h", "HIL-I": "i", "HIL-L": "l"})
@@ -41,3 +42,17 @@ def indices_of(results: Iterable[tuple[str, str, str]]) -> dict[str, str]:
         if name is not None and value.strip():
             found[name] = value.strip()
     return {name: found[name] for name in ("h", "i", "l") if name in found}
+
+
+#: What an index that cannot be compared with a limit counts as (see `comparable_index`).
+ABOVE_EVERY_LIMIT = Decimal("Infinity")
+
+
+def comparable_index(numeric: Decimal | None, comparator: str | None) -> Decimal:
+    """An index result as the rule set's `specimen_indices` limits compare it: its number, or
+    when it has none that can be compared — text ("++"), "> n" — above every limit, so the
+    results are held for the biologist rather than auto-validated on an index nobody could
+    read (fail closed, AUTOVERIFICATION.md §7). "< n" is at most n."""
+    if numeric is not None and comparator in (None, "", "<", "<="):
+        return numeric
+    return ABOVE_EVERY_LIMIT

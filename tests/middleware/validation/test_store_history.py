@@ -138,7 +138,35 @@ def test_events_come_in_time_order_as_replay_lines(database: str) -> None:
         "at": "2026-11-20T08:30:00+00:00",
         "instrument": "chem-1",
         "origin": "lab",
+        "indices": {},
     }
+
+
+def test_a_specimens_serum_indices_travel_with_its_replayed_results(store_url: str) -> None:
+    """Index results (`validation/indices.py`) come out as the specimen's indices, read as the
+    live pipeline reads them: a limit holds the replayed result as it held the live one."""
+    store = Store.open(store_url)
+    try:
+        report = SpecimenReport(
+            "S9",
+            Patient("P9"),
+            (
+                _result("S9", "K", "4.2", 5),
+                _result("S9", "CREA", "80", 5),
+                _result("S9", "HIL-H", "35", 5),
+                _result("S9", "hil-l", "++", 5),  # semi-quantitative: cannot be compared
+            ),
+        )
+        _save(store, 9, report)
+    finally:
+        store.close()
+    events = [e for e in read_history(open_read_only(store_url)) if e["kind"] == "result"]
+    assert {e["indices"]["h"] for e in events} == {"35"}
+    assert {e["indices"]["l"] for e in events} == {"Infinity"}
+    rules = load_ruleset(ROOT / "config" / "rules" / "example.yaml")  # K: {h: 20}
+    potassium = next(e["id"] for e in events if e["test"] == "K")
+    [line] = [line for line in replay(rules, events) if line["id"] == potassium]
+    assert line["decision"] == "held" and "specimen_index" in line["reasons"]
 
 
 def test_since_and_until_select_a_half_open_period(database: str) -> None:
