@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from middleware.config.settings import Poct1aInstrumentSettings
 from middleware.store.accounts import ROLES
 from middleware.store.archive import TraceQuery
 from middleware.web import actions, views
@@ -84,6 +85,37 @@ def _moment(text: str) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _point_of_care(gateway: "Gateway") -> list[dict[str, Any]]:
+    """Each POCT1-A device with its lock as the device last acknowledged it and the operator
+    list labgate keeps for it (GBUI XIII-2: only certified operators test; the list is the
+    configuration's, sent to the device, whose acceptance is shown)."""
+    today = datetime.now(UTC).date()
+    devices = []
+    for instrument in gateway.settings.instruments:
+        if not isinstance(instrument, Poct1aInstrumentSettings):
+            continue
+        health = gateway.health.connections.get(instrument.name)
+        device = health.as_dict().get("device") if health is not None else None
+        devices.append(
+            {
+                "name": instrument.name,
+                "location": instrument.location,
+                "device": device or {},
+                "operators": [
+                    {
+                        "id": operator.id,
+                        "name": operator.name,
+                        "valid_until": operator.valid_until,
+                        "expired": operator.valid_until is not None
+                        and operator.valid_until < today,
+                    }
+                    for operator in instrument.operators
+                ],
+            }
+        )
+    return devices
 
 
 def page_router(gateway: "Gateway") -> APIRouter:
@@ -333,7 +365,14 @@ def page_router(gateway: "Gateway") -> APIRouter:
             }
             for name in names
         ]
-        return render(request, "devices.html", who, devices=devices, history=audit)
+        return render(
+            request,
+            "devices.html",
+            who,
+            devices=devices,
+            history=audit,
+            point_of_care=_point_of_care(gateway),
+        )
 
     @router.post("/devices/{name}/{action}")
     async def device(request: Request, name: str, action: str, who: Controller) -> Response:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from middleware.cli import main as labgate
+from middleware.store import Store
 from web.conftest import StubGateway
 from web.console_support import PASSWORD, add_user
 from web.test_console_api import held_message
@@ -203,3 +204,56 @@ def store_now():  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+async def test_the_devices_page_shows_each_meters_lock_and_operator_list(
+    sqlite_store: Store,
+) -> None:
+    """GBUI XIII: a point-of-care meter's lock as it acknowledged it, and who may test on it
+    (an operator whose certification ran out is marked)."""
+    from datetime import UTC, date, datetime
+
+    from middleware.config import load_settings_text
+    from middleware.health import ConnectionHealth, DeviceState
+    from middleware.web.app import create_app
+    from web.conftest import SETTINGS
+
+    extra = """
+  - name: glucose-3
+    protocol: poct1a
+    location: ward 3
+    transport: {type: tcp-server, port: 0}
+    operators:
+      - {id: 1042, name: Nurse A, valid_until: 2999-12-31}
+      - {id: 77, name: Nurse B, valid_until: 2020-01-31}
+"""
+    gateway = StubGateway(sqlite_store)
+    gateway.settings = load_settings_text(
+        SETTINGS.replace("console:", extra.lstrip("\n") + "console:")
+    )
+    gateway.health.add(ConnectionHealth("glucose-3", "poct1a", "tcp-server", "127.0.0.1:0"))
+    gateway.health.attach_device(
+        "glucose-3",
+        DeviceState(
+            blocked=lambda: True,
+            locked=True,
+            condition="L",
+            device_locked=True,
+            status_at=datetime.now(UTC),
+            operators=2,
+            operators_version="a1b2c3d4e5f6",
+            operators_state="accepted",
+        ),
+    )
+    add_user(gateway.store, "tech", "technician")
+    transport = httpx.ASGITransport(app=create_app(gateway))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://console") as http:
+        await form_login(http, "tech")
+        page = (await http.get("/devices")).text
+    section = page[page.index('data-poc="glucose-3"') :]
+    assert 'data-lock="locked"' in section and "ward 3" in section
+    assert "a1b2c3d4e5f6" in section and "accepted" in section
+    assert "1042" in section and "Nurse A" in section and "2999-12-31" in section
+    expired_row = section[section.index("Nurse B") - 200 : section.index("Nurse B") + 200]
+    assert "expired" in expired_row
+    assert date(2020, 1, 31).isoformat() in expired_row
