@@ -17,6 +17,7 @@ The session is the thin asyncio layer around a sans-IO link core. Its rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from collections import deque
@@ -30,7 +31,7 @@ from drivers import registry
 from drivers.base import DriverError
 from middleware.config.settings import AstmInstrumentSettings
 from middleware.sessions.services import AnalyserSession, SessionServices
-from middleware.store import StoreUnavailable
+from middleware.store import Duplicate, StoreUnavailable
 from protocols import astm
 from protocols.errors import RemoteProtocolError
 
@@ -273,27 +274,6 @@ class _Conversation:
                 log.warning("message_refused", reason=str(exc))
                 return None
             digest = hashlib.sha256(text).hexdigest()
-            if settings.duplicate_window_hours > 0:
-                since = datetime.now(UTC) - timedelta(hours=settings.duplicate_window_hours)
-                try:
-                    original = await session.store.read(
-                        session.store.find_duplicate, name, digest, since, reports
-                    )
-                except StoreUnavailable as exc:
-                    log.error("store_unavailable", error=str(exc))
-                    return False
-                if original is not None:
-                    if not await self._save(
-                        session.store.save_trace,
-                        name,
-                        "duplicate_message",
-                        raw,
-                        message_id=original,
-                        detail="resent by the analyser; already stored",
-                    ):
-                        return False
-                    log.info("duplicate_message_ignored", original=original)
-                    return message
             received_at = datetime.now(UTC)
             try:
                 incoming = await session.validation.message(
@@ -311,12 +291,29 @@ class _Conversation:
             except StoreUnavailable as exc:
                 log.error("store_unavailable", error=str(exc))
                 return False
+            if settings.duplicate_window_hours > 0:
+                # The writer looks for the message this one repeats (the analyser resending
+                # after losing our ACK) in the transaction that would store it.
+                window = timedelta(hours=settings.duplicate_window_hours)
+                incoming = dataclasses.replace(incoming, duplicate_since=received_at - window)
             try:
-                await session.store.save(incoming)  # group commit with other analysers
+                stored = await session.store.save(incoming)  # group commit with other analysers
             except StoreUnavailable as exc:
                 session.health.count(name, "errors")
                 log.error("store_unavailable", error=str(exc))
                 return False
+            if isinstance(stored, Duplicate):
+                if not await self._save(
+                    session.store.save_trace,
+                    name,
+                    "duplicate_message",
+                    raw,
+                    message_id=stored.original,
+                    detail="resent by the analyser; already stored",
+                ):
+                    return False
+                log.info("duplicate_message_ignored", original=stored.original)
+                return message
             await session.validation.qc_stored(
                 incoming.reports, received_at, session.lis, message_id
             )

@@ -1,6 +1,7 @@
 """Durable storage: raw messages, results, the LIS outbox, transmissions and the trace."""
 
 from middleware.store.repo import (
+    Duplicate,
     IncomingMessage,
     OutboxItem,
     Store,
@@ -8,4 +9,11 @@ from middleware.store.repo import (
     Transmission,
 )
 
-__all__ = ["IncomingMessage", "OutboxItem", "Store", "StoreUnavailable", "Transmission"]
+__all__ = [
+    "Duplicate",
+    "IncomingMessage",
+    "OutboxItem",
+    "Store",
+    "StoreUnavailable",
+    "Transmission",
+]

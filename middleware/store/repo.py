@@ -20,6 +20,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from sqlalchemy import (
     JSON,
+    Connection,
     Engine,
     Text,
     bindparam,
@@ -97,6 +98,17 @@ class IncomingMessage:
     biologist: str = ""  # its responsible biologist
     origin: str = "lab"  # or "poc": a point-of-care device, at `location`
     location: str = ""
+    # Look, in the same transaction and before storing anything, for a message from this
+    # connection since then that this one repeats (`Store.find_duplicate`'s rules); None: no.
+    duplicate_since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """What `Store.save` returns for a message the analyser sent before (its ACK was lost):
+    nothing was stored; `original` is the message id it repeats."""
+
+    original: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +218,7 @@ class Store(
         # how long its hold on a LIS's queue lasts without renewal.
         self.claimant: str | None = None
         self.claim_lease = timedelta(seconds=120)
-        self._group: GroupCommit[IncomingMessage, int | None] = GroupCommit(
+        self._group: GroupCommit[IncomingMessage, int | Duplicate | None] = GroupCommit(
             self._writer,
             self._save_batch,
             lambda exc: StoreUnavailable(str(exc.__cause__ or exc)),
@@ -258,19 +270,22 @@ class Store(
 
     # --- from analysers -------------------------------------------------------------------
 
-    def save_message(self, incoming: IncomingMessage) -> int | None:
+    def save_message(self, incoming: IncomingMessage) -> int | Duplicate | None:
         """Commit a decoded message, its specimens, results and (if any are owed to the LIS) one
-        outbox row, all or nothing. Returns the outbox id, or None when nothing is forwarded."""
+        outbox row, all or nothing. Returns the outbox id, None when nothing is forwarded, or
+        `Duplicate` (nothing stored) for a repeat when `duplicate_since` asks to look."""
         with self._sessions.begin() as session:
             return self._add_message(session, incoming)
 
-    def save_messages(self, batch: Sequence[IncomingMessage]) -> list[int | Exception | None]:
+    def save_messages(
+        self, batch: Sequence[IncomingMessage]
+    ) -> list[int | Duplicate | Exception | None]:
         """`save_message` for many messages in one transaction (an import, a benchmark's
         backlog): the outbox id of each, None when nothing is forwarded, or the database's
         refusal of that message alone (the others are kept)."""
         return self._save_batch(batch)
 
-    async def save(self, incoming: IncomingMessage) -> int | None:
+    async def save(self, incoming: IncomingMessage) -> int | Duplicate | None:
         """`save_message` as the sessions call it: messages arriving together from several
         analysers are committed together (one transaction, one sync to disk), each in its own
         savepoint, and each caller returns only once its message is durable. Many analysers
@@ -278,7 +293,9 @@ class Store(
         does not touch the others, a failed commit fails them all (none is acknowledged)."""
         return await self._group.submit(incoming)
 
-    def _save_batch(self, batch: Sequence[IncomingMessage]) -> list[int | Exception | None]:
+    def _save_batch(
+        self, batch: Sequence[IncomingMessage]
+    ) -> list[int | Duplicate | Exception | None]:
         """The writer-thread half of `save`: one transaction for the whole batch.
 
         The whole batch goes in with one statement per table (executemany): with fifty
@@ -292,7 +309,7 @@ class Store(
         except SQLAlchemyError:
             if len(batch) == 1:
                 raise
-        outcomes: list[int | Exception | None] = []
+        outcomes: list[int | Duplicate | Exception | None] = []
         with self._sessions.begin() as session:
             for incoming in batch:
                 try:
@@ -303,19 +320,42 @@ class Store(
         return outcomes
 
     @staticmethod
-    def _add_message(session: Session, incoming: IncomingMessage) -> int | None:
+    def _add_message(session: Session, incoming: IncomingMessage) -> int | Duplicate | None:
         [outbox_id] = Store._add_messages(session, (incoming,))
         return outbox_id
 
     @staticmethod
-    def _add_messages(session: Session, batch: Sequence[IncomingMessage]) -> list[int | None]:
+    def _add_messages(
+        session: Session, batch: Sequence[IncomingMessage]
+    ) -> list[int | Duplicate | None]:
         """Insert `batch` (messages, specimens, results, outbox rows) in the session's
-        transaction; the outbox id of each message, None for those owing nothing to the LIS.
+        transaction; the outbox id of each message, None for those owing nothing to the LIS,
+        `Duplicate` for those that repeat a stored one (`duplicate_since`: nothing stored).
 
         Fixed Core statements with parameters, one executemany per table: this runs for every
         message of every analyser on the store's one writer thread, and statements built per
-        call cost more in compiling than the inserts themselves (profiled)."""
+        call cost more in compiling than the inserts themselves (profiled). The duplicate
+        look-up is made here too, in the transaction that would store the message: no read
+        session and thread hop of its own for every message, and nothing can come between the
+        look-up and the storing."""
         connection = session.connection()
+        repeated: dict[int, Duplicate] = {}
+        for position, incoming in enumerate(batch):
+            if incoming.duplicate_since is None:
+                continue
+            original = Store._same_message(
+                connection,
+                incoming.connection,
+                incoming.content_hash or "",
+                incoming.duplicate_since,
+                incoming.reports,
+            )
+            if original is not None:
+                repeated[position] = Duplicate(original)
+        if repeated:
+            stored = [m for position, m in enumerate(batch) if position not in repeated]
+            ids = iter(Store._add_messages(session, stored) if stored else ())
+            return [repeated.get(position) or next(ids) for position in range(len(batch))]
         connection.execute(
             _INSERT_MESSAGE,
             [
@@ -438,33 +478,44 @@ class Store(
         connection. A result without a measurement time cannot be told from a rerun, so such
         messages are only recognised by their bytes."""
         with self._sessions() as session:
-            link = session.connection()
+            return self._same_message(
+                session.connection(), connection, content_hash, since, reports
+            )
+
+    @staticmethod
+    def _same_message(
+        link: Connection,
+        connection: str,
+        content_hash: str,
+        since: datetime,
+        reports: Sequence[SpecimenReport],
+    ) -> str | None:
+        """`find_duplicate` on an open connection (a reader's, or the writer's transaction)."""
+        if content_hash:
             same_bytes = link.execute(
                 _SAME_BYTES, {"connection": connection, "hash": content_hash, "since": since}
             ).scalar()
             if same_bytes is not None:
                 return str(same_bytes)
-            results = [r for report in reports for r in report.results]
-            if not results or any(r.measured_at is None for r in results):
-                return None
-            wanted = {_result_key(r.specimen_id, r.test_code, r.value, r.units, r.status,
-                                  r.measured_at) for r in results}  # fmt: skip
-            rows = link.execute(
-                _SAME_RESULTS,
-                {
-                    "specimens": sorted({r.specimen_id for r in results}),
-                    "connection": connection,
-                    "since": since,
-                },
-            ).all()
-            found: dict[tuple[str, ...], str] = {}
-            for message_id, specimen_id, code, value, units, status, measured_at in rows:
-                found[_result_key(specimen_id, code, value, units, status, measured_at)] = (
-                    message_id
-                )
-            if wanted <= found.keys():
-                return found[max(wanted, key=lambda key: found[key])]
+        results = [r for report in reports for r in report.results]
+        if not results or any(r.measured_at is None for r in results):
             return None
+        wanted = {_result_key(r.specimen_id, r.test_code, r.value, r.units, r.status,
+                              r.measured_at) for r in results}  # fmt: skip
+        rows = link.execute(
+            _SAME_RESULTS,
+            {
+                "specimens": sorted({r.specimen_id for r in results}),
+                "connection": connection,
+                "since": since,
+            },
+        ).all()
+        found: dict[tuple[str, ...], str] = {}
+        for message_id, specimen_id, code, value, units, status, measured_at in rows:
+            found[_result_key(specimen_id, code, value, units, status, measured_at)] = message_id
+        if wanted <= found.keys():
+            return found[max(wanted, key=lambda key: found[key])]
+        return None
 
     def save_refused(
         self, connection: str, message_id: str, raw: bytes, reason: str, protocol: str = "astm"

@@ -263,6 +263,32 @@ def test_a_rebuilt_resend_is_found_by_its_results(store: Store) -> None:
     assert store.find_duplicate("chem-2", "new-bytes", since, first.reports) is None
 
 
+def test_the_writer_finds_a_resend_in_the_transaction_that_would_store_it(
+    store: Store,
+) -> None:
+    """With `duplicate_since` the group commit looks for the message a resend repeats (same
+    bytes, or the same results under a rebuilt header) and stores nothing of it, while the
+    other messages of the batch are stored."""
+    from dataclasses import replace
+
+    from middleware.store import Duplicate
+
+    since = NOW - timedelta(hours=1)
+    first = replace(_incoming(1), content_hash="abc", duplicate_since=since)
+    assert isinstance(store.save_message(first), int)
+    same_bytes = replace(first, message_id="m2")
+    rebuilt = replace(first, message_id="m3", content_hash="rebuilt-header")
+    other_analyser = replace(first, message_id="m4", connection="chem-2")
+    unchecked = replace(first, message_id="m5", duplicate_since=None)
+    outcomes = store._save_batch([same_bytes, rebuilt, other_analyser, unchecked])
+    assert outcomes[:2] == [Duplicate("m1"), Duplicate("m1")]
+    assert isinstance(outcomes[2], int) and isinstance(outcomes[3], int)
+    with store.engine.connect() as connection:
+        stored = connection.execute(sa.text("select message_id from messages order by 1"))
+        assert [m for (m,) in stored] == ["m1", "m4", "m5"]
+        assert connection.execute(sa.text("select count(*) from outbox")).scalar() == 3
+
+
 def test_orders_are_found_for_their_analyser_and_sent_once(store: Store) -> None:
     from drivers.models import Order
 
