@@ -13,6 +13,7 @@ answer is `AR` so the analyser sends it again later. A message identical to one 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from middleware.config.settings import Hl7InstrumentSettings
 from middleware.io.mllp import answer_messages
 from middleware.sessions.hl7_orders import Hl7OrderPusher, ResultsConnectionLink, order_spec
 from middleware.sessions.services import AnalyserSession, SessionServices
-from middleware.store import StoreUnavailable
+from middleware.store import Duplicate, StoreUnavailable
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import build_ack, build_rsp_k11, parse_qbp_q11
 from protocols.hl7.inbound import parse_results_message
@@ -108,20 +109,6 @@ class Hl7Session(AnalyserSession):
                 return build_ack(message, "AE", _control_id(), now, text=str(exc)[:200])
             digest = hashlib.sha256(message).hexdigest()
             try:
-                if settings.duplicate_window_hours > 0:
-                    since = now - timedelta(hours=settings.duplicate_window_hours)
-                    original = await store.read(store.find_duplicate, name, digest, since, reports)
-                    if original is not None:
-                        await store.run(
-                            store.save_trace,
-                            name,
-                            "duplicate_message",
-                            message,
-                            message_id=original,
-                            detail="resent by the analyser; already stored",
-                        )
-                        log.info("duplicate_message_ignored", original=original)
-                        return build_ack(message, "AA", _control_id(), now)
                 incoming = await self.validation.message(
                     message_id=message_id,
                     connection=name,
@@ -134,7 +121,23 @@ class Hl7Session(AnalyserSession):
                     origin="poc" if settings.poc else "lab",
                     location=settings.location,
                 )
-                await store.save(incoming)
+                if settings.duplicate_window_hours > 0:
+                    # The writer looks for the message this one repeats (resent after a lost
+                    # ACK) in the transaction that would store it.
+                    window = timedelta(hours=settings.duplicate_window_hours)
+                    incoming = dataclasses.replace(incoming, duplicate_since=now - window)
+                stored = await store.save(incoming)
+                if isinstance(stored, Duplicate):
+                    await store.run(
+                        store.save_trace,
+                        name,
+                        "duplicate_message",
+                        message,
+                        message_id=stored.original,
+                        detail="resent by the analyser; already stored",
+                    )
+                    log.info("duplicate_message_ignored", original=stored.original)
+                    return build_ack(message, "AA", _control_id(), now)
             except StoreUnavailable as exc:
                 self.health.count(name, "errors")
                 log.error("store_unavailable", error=str(exc))

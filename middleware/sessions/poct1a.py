@@ -39,7 +39,7 @@ from drivers.poct1a import operator_refusal, reports_from_poct1a
 from middleware.config.settings import Poct1aInstrumentSettings
 from middleware.health import DeviceState
 from middleware.sessions.services import AnalyserSession, SessionServices
-from middleware.store import StoreUnavailable
+from middleware.store import Duplicate, StoreUnavailable
 from protocols import poct1a
 
 __all__ = ["Poct1aSession"]
@@ -378,21 +378,6 @@ class _Conversation:
             )
             digest = _content_digest(message)
             try:
-                if settings.duplicate_window_hours > 0:
-                    since = received_at - timedelta(hours=settings.duplicate_window_hours)
-                    original = await store.read(store.find_duplicate, name, digest, since, reports)
-                    if original is not None:
-                        await store.run(
-                            store.save_trace,
-                            name,
-                            "duplicate_message",
-                            event.raw,
-                            message_id=original,
-                            detail="resent by the device; already stored",
-                        )
-                        self.core.acknowledge(event.control_id, self.loop.time())
-                        log.info("duplicate_message_ignored", original=original)
-                        return
                 incoming = await session.validation.message(
                     message_id=message_id,
                     connection=name,
@@ -405,7 +390,24 @@ class _Conversation:
                     origin="poc",
                     location=settings.location,
                 )
-                await store.run(store.save_message, incoming)
+                if settings.duplicate_window_hours > 0:
+                    # The writer looks for the observations these repeat (resent after a lost
+                    # ACK) in the transaction that would store them.
+                    window = timedelta(hours=settings.duplicate_window_hours)
+                    incoming = dataclasses.replace(incoming, duplicate_since=received_at - window)
+                stored = await store.save(incoming)
+                if isinstance(stored, Duplicate):
+                    await store.run(
+                        store.save_trace,
+                        name,
+                        "duplicate_message",
+                        event.raw,
+                        message_id=stored.original,
+                        detail="resent by the device; already stored",
+                    )
+                    self.core.acknowledge(event.control_id, self.loop.time())
+                    log.info("duplicate_message_ignored", original=stored.original)
+                    return
             except StoreUnavailable as exc:
                 self._error()
                 log.error("store_unavailable", error=str(exc))

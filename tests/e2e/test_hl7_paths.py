@@ -104,6 +104,30 @@ async def test_hl7_analyser_results_are_acknowledged_after_commit_and_reach_the_
         assert rows(db, "select protocol from messages")[0][0] == "hl7"
 
 
+async def test_an_hl7_message_resent_after_a_lost_ack_is_acknowledged_and_stored_once(
+    tmp_path: Path,
+) -> None:
+    """The analyser sends the same message again (our AA lost): AA again, nothing stored
+    twice, the LIS gets it once, and the trace says it was a resend of the first."""
+    async with running(tmp_path, HL7_ANALYSER) as (gateway, lis, db):
+        analyser = Hl7AnalyserSimulator("127.0.0.1", gateway.addresses["xn-hl7"][1])
+        await analyser.connect()
+        try:
+            message = analyser.results_message("HL7-DUP", "PAT7", count=3)
+            first = await analyser.send(message)
+            again = await analyser.send(message)
+        finally:
+            await analyser.close()
+        assert (first.code, again.code) == ("AA", "AA")
+        await lis.wait_for(1)
+        await asyncio.sleep(0.3)  # time for a second sending, were there one
+        assert len(lis.delivered) == 1
+        assert rows(db, "select count(*) from messages")[0][0] == 1
+        assert rows(db, "select count(*) from results")[0][0] == 3
+        [(original,)] = rows(db, "select message_id from trace where kind = 'duplicate_message'")
+        assert original == rows(db, "select message_id from messages")[0][0]
+
+
 async def test_hl7_qc_specimen_is_stored_and_not_sent_to_the_lis(tmp_path: Path) -> None:
     async with running(tmp_path, HL7_ANALYSER) as (gateway, lis, db):
         analyser = Hl7AnalyserSimulator("127.0.0.1", gateway.addresses["xn-hl7"][1], qc=True)

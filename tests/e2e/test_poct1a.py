@@ -218,16 +218,17 @@ async def test_a_result_the_store_could_not_commit_is_not_acknowledged_and_comes
 ) -> None:
     async with daemon(tmp_path, INSTRUMENT) as running:
         store = running.gateway.store
-        real_save = store.save_message
+        group = store._group  # the group commit every session's save goes through
+        real_commit = group._commit_batch
         failures = []
 
-        def save_once_failing(incoming):  # type: ignore[no-untyped-def]
+        def commit_once_failing(batch):  # type: ignore[no-untyped-def]
             if not failures:
-                failures.append(incoming.message_id)
+                failures.append(batch[0].message_id)
                 raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
-            return real_save(incoming)
+            return real_commit(batch)
 
-        store.save_message = save_once_failing  # type: ignore[method-assign]
+        group._commit_batch = commit_once_failing  # type: ignore[method-assign]
         device = _device(running)
         try:
             await _ready(device)
