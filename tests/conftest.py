@@ -125,3 +125,26 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'var' / 'labgate.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, str]:
+    """A test CA (trustme) and, signed by it, a server certificate for 127.0.0.1/localhost and
+    a client one, as PEM files: `ca.pem`, `server.pem`, `server.key`, `client.pem`,
+    `client.key` -> their paths."""
+    import trustme
+
+    ca = trustme.CA()
+    files: dict[str, str] = {}
+
+    def write(name: str, blob: trustme.Blob) -> None:
+        path = tmp_path / name
+        blob.write_to_path(str(path))
+        files[name] = str(path)
+
+    write("ca.pem", ca.cert_pem)
+    for who, names in {"server": ("127.0.0.1", "localhost"), "client": ("client.lab",)}.items():
+        cert = ca.issue_cert(*names)
+        write(f"{who}.pem", cert.cert_chain_pems[0])
+        write(f"{who}.key", cert.private_key_pem)
+    return files

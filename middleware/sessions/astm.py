@@ -17,12 +17,11 @@ The session is the thin asyncio layer around a sans-IO link core. Its rules:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import uuid
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
@@ -30,7 +29,7 @@ import structlog
 from drivers import registry
 from drivers.base import DriverError
 from middleware.config.settings import AstmInstrumentSettings
-from middleware.sessions.services import AnalyserSession, SessionServices
+from middleware.sessions.services import AnalyserSession, SessionServices, store_unless_resent
 from middleware.store import Duplicate, StoreUnavailable
 from protocols import astm
 from protocols.errors import RemoteProtocolError
@@ -291,28 +290,15 @@ class _Conversation:
             except StoreUnavailable as exc:
                 log.error("store_unavailable", error=str(exc))
                 return False
-            if settings.duplicate_window_hours > 0:
-                # The writer looks for the message this one repeats (the analyser resending
-                # after losing our ACK) in the transaction that would store it.
-                window = timedelta(hours=settings.duplicate_window_hours)
-                incoming = dataclasses.replace(incoming, duplicate_since=received_at - window)
             try:
-                stored = await session.store.save(incoming)  # group commit with other analysers
+                stored = await store_unless_resent(
+                    session.store, incoming, settings.duplicate_window_hours, raw, "analyser"
+                )
             except StoreUnavailable as exc:
                 session.health.count(name, "errors")
                 log.error("store_unavailable", error=str(exc))
                 return False
             if isinstance(stored, Duplicate):
-                if not await self._save(
-                    session.store.save_trace,
-                    name,
-                    "duplicate_message",
-                    raw,
-                    message_id=stored.original,
-                    detail="resent by the analyser; already stored",
-                ):
-                    return False
-                log.info("duplicate_message_ignored", original=stored.original)
                 return message
             await session.validation.qc_stored(
                 incoming.reports, received_at, session.lis, message_id

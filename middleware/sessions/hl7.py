@@ -13,10 +13,9 @@ answer is `AR` so the analyser sends it again later. A message identical to one 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import structlog
 
@@ -24,7 +23,7 @@ from drivers.hl7_results import reports_from_hl7
 from middleware.config.settings import Hl7InstrumentSettings
 from middleware.io.mllp import answer_messages
 from middleware.sessions.hl7_orders import Hl7OrderPusher, ResultsConnectionLink, order_spec
-from middleware.sessions.services import AnalyserSession, SessionServices
+from middleware.sessions.services import AnalyserSession, SessionServices, store_unless_resent
 from middleware.store import Duplicate, StoreUnavailable
 from protocols.errors import RemoteProtocolError
 from protocols.hl7 import build_ack, build_rsp_k11, parse_qbp_q11
@@ -121,22 +120,10 @@ class Hl7Session(AnalyserSession):
                     origin="poc" if settings.poc else "lab",
                     location=settings.location,
                 )
-                if settings.duplicate_window_hours > 0:
-                    # The writer looks for the message this one repeats (resent after a lost
-                    # ACK) in the transaction that would store it.
-                    window = timedelta(hours=settings.duplicate_window_hours)
-                    incoming = dataclasses.replace(incoming, duplicate_since=now - window)
-                stored = await store.save(incoming)
+                stored = await store_unless_resent(
+                    store, incoming, settings.duplicate_window_hours, message, "analyser"
+                )
                 if isinstance(stored, Duplicate):
-                    await store.run(
-                        store.save_trace,
-                        name,
-                        "duplicate_message",
-                        message,
-                        message_id=stored.original,
-                        detail="resent by the analyser; already stored",
-                    )
-                    log.info("duplicate_message_ignored", original=stored.original)
                     return build_ack(message, "AA", _control_id(), now)
             except StoreUnavailable as exc:
                 self.health.count(name, "errors")

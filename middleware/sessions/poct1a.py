@@ -31,14 +31,14 @@ import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import structlog
 
 from drivers.poct1a import operator_refusal, reports_from_poct1a
 from middleware.config.settings import Poct1aInstrumentSettings
 from middleware.health import DeviceState
-from middleware.sessions.services import AnalyserSession, SessionServices
+from middleware.sessions.services import AnalyserSession, SessionServices, store_unless_resent
 from middleware.store import Duplicate, StoreUnavailable
 from protocols import poct1a
 
@@ -390,23 +390,11 @@ class _Conversation:
                     origin="poc",
                     location=settings.location,
                 )
-                if settings.duplicate_window_hours > 0:
-                    # The writer looks for the observations these repeat (resent after a lost
-                    # ACK) in the transaction that would store them.
-                    window = timedelta(hours=settings.duplicate_window_hours)
-                    incoming = dataclasses.replace(incoming, duplicate_since=received_at - window)
-                stored = await store.save(incoming)
+                stored = await store_unless_resent(
+                    store, incoming, settings.duplicate_window_hours, event.raw, "device"
+                )
                 if isinstance(stored, Duplicate):
-                    await store.run(
-                        store.save_trace,
-                        name,
-                        "duplicate_message",
-                        event.raw,
-                        message_id=stored.original,
-                        detail="resent by the device; already stored",
-                    )
                     self.core.acknowledge(event.control_id, self.loop.time())
-                    log.info("duplicate_message_ignored", original=stored.original)
                     return
             except StoreUnavailable as exc:
                 self._error()

@@ -4,26 +4,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import structlog
 
 from drivers.models import Order
 from middleware.health import Health
-from middleware.store import Store
+from middleware.store import Duplicate, IncomingMessage, Store
 
 if TYPE_CHECKING:
     from middleware.sessions.deciding import LiveValidation
 
-__all__ = ["AnalyserSession", "AskLis", "SessionServices"]
+__all__ = ["AnalyserSession", "AskLis", "SessionServices", "store_unless_resent"]
 
 log = structlog.get_logger("labgate.session")
 
 #: Forwards a query for specimens labgate holds no order for to the LIS (LAB-27).
 AskLis = Callable[[Sequence[str], str], Awaitable[list[tuple[int, Order]]]]
+
+
+async def store_unless_resent(
+    store: Store, incoming: IncomingMessage, window_hours: float, raw: bytes, sender: str
+) -> int | Duplicate | None:
+    """Commit `incoming` (group commit, see `Store.save`) unless it repeats a message stored
+    from the same connection in the last `window_hours` (0: never looked for): the analyser
+    resending after losing our acknowledgement (LIS1-A §6.5.1.2, HL7 original mode, POCT1-A
+    ACK). The writer looks in the transaction that would store it; a repeat stores nothing
+    but a trace line naming the original. Raises StoreUnavailable when nothing is durable."""
+    if window_hours > 0:
+        since = incoming.received_at - timedelta(hours=window_hours)
+        incoming = dataclasses.replace(incoming, duplicate_since=since)
+    stored = await store.save(incoming)
+    if isinstance(stored, Duplicate):
+        await store.run(
+            store.save_trace,
+            incoming.connection,
+            "duplicate_message",
+            raw,
+            message_id=stored.original,
+            detail=f"resent by the {sender}; already stored",
+        )
+        log.info("duplicate_message_ignored", original=stored.original)
+    return stored
 
 
 @dataclass(frozen=True, slots=True)

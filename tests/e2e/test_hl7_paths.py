@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import trustme
 from web.console_support import signed_in
 
 from middleware.config import load_settings_text
@@ -22,24 +21,6 @@ from simulators.analyser import AnalyserSimulator
 from simulators.hl7_analyser import Hl7AnalyserSimulator
 from simulators.lis import LisSimulator
 from simulators.tls import client_context, server_context
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, str]:
-    ca = trustme.CA()
-    files: dict[str, str] = {}
-
-    def write(name: str, blob: trustme.Blob) -> None:
-        path = tmp_path / name
-        blob.write_to_path(str(path))
-        files[name] = str(path)
-
-    write("ca.pem", ca.cert_pem)
-    for who, names in {"server": ("127.0.0.1", "localhost"), "client": ("analyser.lab",)}.items():
-        cert = ca.issue_cert(*names)
-        write(f"{who}.pem", cert.cert_chain_pems[0])
-        write(f"{who}.key", cert.private_key_pem)
-    return files
 
 
 @contextlib.asynccontextmanager

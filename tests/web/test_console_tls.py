@@ -22,24 +22,6 @@ from simulators.lis import LisSimulator
 from web.console_support import PASSWORD, add_user
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, str]:
-    ca = trustme.CA()
-    files: dict[str, str] = {}
-
-    def write(name: str, blob: trustme.Blob) -> None:
-        path = tmp_path / name
-        blob.write_to_path(str(path))
-        files[name] = str(path)
-
-    write("ca.pem", ca.cert_pem)
-    for who, names in {"server": ("127.0.0.1", "localhost"), "client": ("it-laptop.lab",)}.items():
-        cert = ca.issue_cert(*names)
-        write(f"{who}.pem", cert.cert_chain_pems[0])
-        write(f"{who}.key", cert.private_key_pem)
-    return files
-
-
 def _config(tmp_path: Path, lis_port: int, tls: str) -> str:
     return (
         f"gateway: LABGATE\nstore:\n  url: sqlite:///{tmp_path / 'labgate.db'}\n"
