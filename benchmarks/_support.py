@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["free_ports", "get_json", "peak_rss_mib", "wait_port"]
+__all__ = [
+    "free_ports",
+    "get_json",
+    "mllp_pipelined",
+    "peak_rss_mib",
+    "start_daemon",
+    "wait_port",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_ports(count: int) -> list[int]:
@@ -56,3 +67,41 @@ async def wait_port(
         except OSError:
             await asyncio.sleep(0.1)
     raise RuntimeError(f"nothing listening on {port} after {timeout} s")
+
+
+async def mllp_pipelined(port: int, payloads: list[bytes], window: int) -> float:
+    """Messages/s of `payloads` sent over MLLP to `port`, `window` frames in flight, each
+    counted once its answer (any framed message) is back: the baselines' bare sender."""
+    from protocols.hl7 import MllpFramer, mllp_frame
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    framer = MllpFramer()
+    count = len(payloads)
+    begin = time.perf_counter()
+    sent = answered = 0
+    while answered < count:
+        top = min(count, answered + window)
+        if sent < top:
+            writer.write(b"".join(mllp_frame(p) for p in payloads[sent:top]))
+            sent = top
+        framer.receive_data(await reader.read(65536))
+        while framer.next_message() is not None:
+            answered += 1
+    elapsed = time.perf_counter() - begin
+    writer.close()
+    await writer.wait_closed()
+    return count / elapsed
+
+
+def start_daemon(workdir: Path, config_lines: list[str]) -> subprocess.Popen[bytes]:
+    """`labgate run` on a configuration written in `workdir`, logging warnings only."""
+    config = workdir / f"bench-{len(list(workdir.glob('bench-*.yaml')))}.yaml"
+    config.write_text("\n".join(config_lines) + "\n")
+    command = [sys.executable, "-m", "middleware", "run", "--config", str(config)]
+    return subprocess.Popen(
+        [*command, "--json-logs", "--log-level", "warning"],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -44,12 +44,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._support import free_ports, get_json, peak_rss_mib, wait_port  # noqa: E402
+from benchmarks._support import (  # noqa: E402
+    free_ports,
+    get_json,
+    mllp_pipelined,
+    peak_rss_mib,
+    start_daemon,
+    wait_port,
+)
 from drivers.models import Patient, Result, SpecimenReport  # noqa: E402
 from middleware.config.settings import LisSettings  # noqa: E402
 from middleware.lis.oru import build_results_message  # noqa: E402
 from middleware.store import IncomingMessage, Store  # noqa: E402
-from protocols.hl7 import MllpFramer, mllp_frame  # noqa: E402
 from simulators.analyser import AnalyserSimulator, build_result_message, demo_results  # noqa: E402
 from simulators.lis import LisSimulator  # noqa: E402
 
@@ -162,16 +168,7 @@ async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any
             "      type: tcp-server",
             f"      port: {port}",
         ]
-    config = workdir / "bench.yaml"
-    config.write_text("\n".join(lines) + "\n")
-    command = [sys.executable, "-m", "middleware", "run", "--config", str(config), "--json-logs"]
-    daemon = subprocess.Popen(
-        [*command, "--log-level", "warning"],
-        cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = start_daemon(workdir, lines)
     try:
         await wait_port(api_port, daemon)
         figures = await _phases(ports, lis, args, daemon.pid, args.sustain)
@@ -273,23 +270,10 @@ async def _backlog_baseline(messages: int, results: int, window: int) -> float:
         for n in range(messages)
         for m in (_backlog_message(n, results, now),)
     ]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    framer = MllpFramer()
-    begin = time.perf_counter()
-    sent = answered = 0
-    while answered < messages:
-        top = min(messages, answered + window)
-        if sent < top:
-            writer.write(b"".join(mllp_frame(p) for p in payloads[sent:top]))
-            sent = top
-        framer.receive_data(await reader.read(65536))
-        while framer.next_message() is not None:
-            answered += 1
-    elapsed = time.perf_counter() - begin
-    writer.close()
-    await writer.wait_closed()
-    await lis.close()
-    return messages / elapsed
+    try:
+        return await mllp_pipelined(port, payloads, window)
+    finally:
+        await lis.close()
 
 
 async def _run_backlog(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -301,35 +285,24 @@ async def _run_backlog(args: argparse.Namespace, workdir: Path) -> dict[str, Any
     lis = LisSimulator(fast_ack=True)
     lis_port = await lis.start()
     api_port, port = free_ports(2)
-    config = workdir / "backlog.yaml"
-    config.write_text(
-        "\n".join(
-            [
-                "store:",
-                f"  url: {url}",
-                "api:",
-                f"  port: {api_port}",
-                "lis:",
-                f"  port: {lis_port}",
-                f"  window: {args.window}",
-                "instruments:",
-                "  - name: an-0",
-                "    protocol: astm",
-                "    transport:",
-                "      type: tcp-server",
-                f"      port: {port}",
-            ]
-        )
-        + "\n"
-    )
-    command = [sys.executable, "-m", "middleware", "run", "--config", str(config), "--json-logs"]
     started = time.time()
-    daemon = subprocess.Popen(
-        [*command, "--log-level", "warning"],
-        cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    daemon = start_daemon(
+        workdir,
+        [
+            "store:",
+            f"  url: {url}",
+            "api:",
+            f"  port: {api_port}",
+            "lis:",
+            f"  port: {lis_port}",
+            f"  window: {args.window}",
+            "instruments:",
+            "  - name: an-0",
+            "    protocol: astm",
+            "    transport:",
+            "      type: tcp-server",
+            f"      port: {port}",
+        ],
     )
     try:
         received = await lis.wait_for(messages, timeout=3600)

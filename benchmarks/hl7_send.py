@@ -32,13 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
 
+from benchmarks._support import mllp_pipelined  # noqa: E402
 from drivers.models import Patient, Result, SpecimenReport  # noqa: E402
 from middleware.config.settings import LisSettings  # noqa: E402
 from middleware.health import ConnectionHealth, Health  # noqa: E402
 from middleware.lis.oru import build_results_message  # noqa: E402
 from middleware.lis.sender import LisSender  # noqa: E402
 from middleware.store import IncomingMessage, Store  # noqa: E402
-from protocols.hl7 import MllpFramer, mllp_frame  # noqa: E402
 from simulators.lis import LisSimulator  # noqa: E402
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -117,24 +117,11 @@ async def _echo(count: int, window: int) -> float:
 
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    framer = MllpFramer()
-    begin = time.perf_counter()
-    sent = answered = 0
-    while answered < count:
-        top = min(count, answered + window)
-        if sent < top:
-            writer.write(b"".join(mllp_frame(p) for p in payloads[sent:top]))
-            sent = top
-        framer.receive_data(await reader.read(65536))
-        while framer.next_message() is not None:
-            answered += 1
-    elapsed = time.perf_counter() - begin
-    writer.close()
-    await writer.wait_closed()
-    server.close()
-    await server.wait_closed()
-    return count / elapsed
+    try:
+        return await mllp_pipelined(port, payloads, window)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def main() -> None:
