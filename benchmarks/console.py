@@ -47,6 +47,10 @@ PAGES = [
     "/outbox",
     "/audit",
     "/users",
+    "/qc?period=90",
+    "/rules/edit",
+    "/account",
+    "/api/qc?period=90",
     "/api/dashboard",
     "/api/results?decision=held",
 ]
