@@ -146,13 +146,14 @@ async def _phases(
     return figures
 
 
-async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    lis = LisSimulator(fast_ack=True)
-    lis_port = await lis.start()
-    api_port, *ports = free_ports(args.analysers + 1)
+def _daemon_config(
+    url: str, api_port: int, lis_port: int, args: argparse.Namespace, ports: list[int]
+) -> list[str]:
+    """The daemon's configuration: the store, the simulated LIS with the window, and one ASTM
+    analyser `an-N` listening on each of `ports`."""
     lines = [
         "store:",
-        f"  url: sqlite:///{workdir / 'bench.db'}",
+        f"  url: {url}",
         "api:",
         f"  port: {api_port}",
         "lis:",
@@ -168,6 +169,14 @@ async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any
             "      type: tcp-server",
             f"      port: {port}",
         ]
+    return lines
+
+
+async def _run_labgate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    lis = LisSimulator(fast_ack=True)
+    lis_port = await lis.start()
+    api_port, *ports = free_ports(args.analysers + 1)
+    lines = _daemon_config(f"sqlite:///{workdir / 'bench.db'}", api_port, lis_port, args, ports)
     daemon = start_daemon(workdir, lines)
     try:
         await wait_port(api_port, daemon)
@@ -286,24 +295,7 @@ async def _run_backlog(args: argparse.Namespace, workdir: Path) -> dict[str, Any
     lis_port = await lis.start()
     api_port, port = free_ports(2)
     started = time.time()
-    daemon = start_daemon(
-        workdir,
-        [
-            "store:",
-            f"  url: {url}",
-            "api:",
-            f"  port: {api_port}",
-            "lis:",
-            f"  port: {lis_port}",
-            f"  window: {args.window}",
-            "instruments:",
-            "  - name: an-0",
-            "    protocol: astm",
-            "    transport:",
-            "      type: tcp-server",
-            f"      port: {port}",
-        ],
-    )
+    daemon = start_daemon(workdir, _daemon_config(url, api_port, lis_port, args, [port]))
     try:
         received = await lis.wait_for(messages, timeout=3600)
         first = min(m.received_at.timestamp() for m in received)
