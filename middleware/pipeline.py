@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 
 from drivers.models import Result, SpecimenReport
 from middleware.validation import delta as delta_check
-from middleware.validation.indices import comparable_index, index_name
+from middleware.validation.indices import index_reading
 from middleware.validation.ruleset import RuleSet
 from middleware.validation.stages import SpecimenContext, decide, evaluate
 
@@ -69,12 +69,10 @@ def specimen_indices(results: Sequence[Result]) -> dict[str, Decimal]:
     """The specimen's serum indices ("h", "i", "l") for the rule set's `specimen_indices`
     limits, from its index results (`validation/indices.py`: which results they are, and how
     one that cannot be compared counts)."""
-    found: dict[str, Decimal] = {}
-    for result in results:
-        name = index_name(result.lis_code, result.test_code)
-        if name is not None and result.value.strip():
-            found[name] = comparable_index(result.numeric, result.comparator)
-    return found
+    readings = (
+        index_reading(r.lis_code, r.test_code, r.value, r.numeric, r.comparator) for r in results
+    )
+    return dict(reading for reading in readings if reading is not None)
 
 
 def decide_without_rules(result: Result) -> Decision:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from middleware.store.tables import MessageRow, ResultRow, SpecimenRow
-from middleware.validation.indices import INDEX_CODES, comparable_index, index_name
+from middleware.validation.indices import INDEX_CODES, index_reading
 
 __all__ = ["HistoryError", "open_read_only", "read_history"]
 
@@ -155,11 +155,11 @@ def _specimen_indices(
     for specimen_row_id, lis_code, test_code, value, numeric, comparator in connection.execute(
         query
     ):
-        name = index_name(lis_code or "", test_code or "")
-        if name is None or not (value or "").strip():
-            continue
         number = Decimal(numeric) if numeric is not None else None
-        found.setdefault(specimen_row_id, {})[name] = str(comparable_index(number, comparator))
+        reading = index_reading(lis_code or "", test_code or "", value or "", number, comparator)
+        if reading is not None:
+            name, index = reading
+            found.setdefault(specimen_row_id, {})[name] = str(index)
     return found
 
 

@@ -287,10 +287,10 @@ class Store(
 
     async def save(self, incoming: IncomingMessage) -> int | Duplicate | None:
         """`save_message` as the sessions call it: messages arriving together from several
-        analysers are committed together (one transaction, one sync to disk), each in its own
-        savepoint, and each caller returns only once its message is durable. Many analysers
-        then cost one disk sync per batch instead of one per message; a failure of one message
-        does not touch the others, a failed commit fails them all (none is acknowledged)."""
+        analysers are committed together (one transaction, one sync to disk; see `_save_batch`),
+        and each caller returns only once its message is durable. Many analysers then cost one
+        disk sync per batch instead of one per message; a message the database refuses does not
+        touch the others, a failed commit fails them all (none is acknowledged)."""
         return await self._group.submit(incoming)
 
     def _save_batch(

@@ -18,7 +18,14 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from types import MappingProxyType
 
-__all__ = ["ABOVE_EVERY_LIMIT", "INDEX_CODES", "comparable_index", "index_name", "indices_of"]
+__all__ = [
+    "ABOVE_EVERY_LIMIT",
+    "INDEX_CODES",
+    "comparable_index",
+    "index_name",
+    "index_reading",
+    "indices_of",
+]
 
 #: The LIS code of each serum index -> its key ("h", "i", "l").
 INDEX_CODES: Mapping[str, str] = MappingProxyType({"HIL-H": "h", "HIL-I": "i", "HIL-L": "l"})
@@ -56,3 +63,14 @@ def comparable_index(numeric: Decimal | None, comparator: str | None) -> Decimal
     if numeric is not None and comparator in (None, "", "<", "<="):
         return numeric
     return ABOVE_EVERY_LIMIT
+
+
+def index_reading(
+    lis_code: str, test_code: str, value: str, numeric: Decimal | None, comparator: str | None
+) -> tuple[str, Decimal] | None:
+    """("h"|"i"|"l", the value limits compare) for an index result; None for any other result
+    or an index left empty. The one reading of the live pipeline and of replay from the store."""
+    name = index_name(lis_code, test_code)
+    if name is None or not value.strip():
+        return None
+    return name, comparable_index(numeric, comparator)

@@ -97,12 +97,12 @@ def _point_of_care(gateway: "Gateway") -> list[dict[str, Any]]:
         if not isinstance(instrument, Poct1aInstrumentSettings):
             continue
         health = gateway.health.connections.get(instrument.name)
-        device = health.as_dict().get("device") if health is not None else None
+        device = health.device if health is not None else None
         devices.append(
             {
                 "name": instrument.name,
                 "location": instrument.location,
-                "device": device or {},
+                "device": device.as_dict() if device is not None else {},
                 "operators": [
                     {
                         "id": operator.id,
